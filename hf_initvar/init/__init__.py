@@ -1,0 +1,1 @@
+"""Initialization registry: schemes, parameter roles, and applying a scheme to a model."""

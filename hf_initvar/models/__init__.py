@@ -1,0 +1,1 @@
+"""Models of the package: the ReLU MLP and GPT-2 presets."""
