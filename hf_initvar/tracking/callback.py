@@ -1,0 +1,229 @@
+"""`VarianceCallback`: layer-wise Q/K/V weight statistics for any `transformers.Trainer` run.
+
+Events used:
+
+- `on_train_begin`: find the attention layout, open the history, log step 0 (or the resumed step).
+- `on_step_end`: every `every_n_steps` optimizer steps, log one row block.
+- `on_save`: copy the history next to the checkpoint, so a resume finds it.
+- `on_train_end`: log the last step if the interval skipped it, close the history, draw the figures.
+
+Persisted state: the history folder (`history.csv`, `meta.json`, figures); the callback keeps no
+state in `trainer_state.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import CallbackHandler
+
+from hf_initvar.tracking.history import HistoryWriter, read_logged_steps
+from hf_initvar.tracking.layouts import AttentionLayout, detect_layout
+from hf_initvar.tracking.stats import compute_moments, moments_to_statistics, row_keys
+
+logger = logging.getLogger(__name__)
+
+HISTORY_DIRNAME = "variance"
+REPORTED_STATISTICS = ("variance", "std", "mean")
+
+
+def metric_key(statistic: str, layer: int, projection: str, head: int = -1) -> str:
+    """Key under which a statistic reaches the reporters: `qkv/variance/layer_03/k` or `…/k/head_07`."""
+    key = f"qkv/{statistic}/layer_{layer:02d}/{projection}"
+    return key if head < 0 else f"{key}/head_{head:02d}"
+
+
+class VarianceCallback(TrainerCallback):
+    """Log the variance, std, mean and RMS of every layer's Q, K and V weights during training.
+
+    Statistics are taken at step 0 (before any update) and every `every_n_steps` optimizer steps,
+    keyed by `state.global_step`, so gradient accumulation still gives one row per optimizer step.
+    On world rank 0 they are appended to `<output_dir>/variance/history.csv` and sent to every
+    reporter of `args.report_to` (W&B, TensorBoard, …) on the step axis those reporters use.
+
+    Args:
+        every_n_steps: logging interval in optimizer steps (step 0 and the last step are always logged).
+        per_head: also record one row per attention head; reporters then receive per-head variances.
+        history_dir: folder for the history; default `<output_dir>/variance`.
+        report: send the metrics to the Trainer's reporters.
+        figures: draw the layer x step heatmap and per-layer curves when training ends.
+
+    Example:
+        ```python
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[VarianceCallback()])
+        ```
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1,
+        per_head: bool = False,
+        history_dir: str | None = None,
+        report: bool = True,
+        figures: bool = True,
+    ):
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}; use 1 to log every step")
+        self.every_n_steps = every_n_steps
+        self.per_head = per_head
+        self.history_dir = history_dir
+        self.report = report
+        self.figures = figures
+
+        self._layout: AttentionLayout | None = None
+        self._keys: list[tuple[int, str, int]] = []
+        self._moments: torch.Tensor | None = None
+        self._writer: HistoryWriter | None = None
+        self._reporters: list[TrainerCallback] = []
+        self._last_step: int | None = None
+
+    # Trainer events
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        self._layout = detect_layout(model)
+        self._keys = row_keys(self._layout, self.per_head)
+        device = self._layout.views()[0].weight.device
+        self._moments = torch.zeros((len(self._keys), 3), dtype=torch.float64, device=device)
+        self._reporters = _find_reporters(self) if self.report else []
+
+        if state.is_world_process_zero:
+            directory = self._resolve_history_dir(args)
+            resume_step = state.global_step if state.global_step > 0 else None
+            if resume_step is not None:
+                _restore_history_from_checkpoint(args, state, directory)
+            self._writer = HistoryWriter(directory, self._meta(model), resume_step=resume_step)
+            logger.info(
+                "VarianceCallback: tracking Q/K/V of %d layers x 3 projections%s (%s layout) every %d steps "
+                "into %s; reporting to %s",
+                self._layout.n_layer,
+                f" x {self._layout.n_head} heads" if self.per_head else "",
+                self._layout.name,
+                self.every_n_steps,
+                directory,
+                [type(reporter).__name__ for reporter in self._reporters] or "no reporter",
+            )
+
+        # On a resume the checkpoint's step may already be in the history; `_log_step` skips the
+        # write then, but every rank still computes, so sharded reductions stay in lockstep.
+        self._log_step(args, state, control, model)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        if state.global_step % self.every_n_steps == 0:
+            self._log_step(args, state, control, model)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self._writer is None:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            shutil.copytree(self._writer.directory, checkpoint / HISTORY_DIRNAME, dirs_exist_ok=True)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        if self._layout is None:
+            return
+        if self._last_step != state.global_step:
+            self._log_step(args, state, control, model)
+        if self._writer is None:
+            return
+        self._writer.close()
+        if self.figures:
+            # Figures are drawn from the saved history, the same way `hf-initvar plot` draws them
+            # later; reporting sits below tracking, so it is imported only here, at the end.
+            from hf_initvar.reporting.figures import draw_history_figures
+
+            for path in draw_history_figures(self._writer.directory):
+                logger.info("VarianceCallback: wrote %s", path)
+
+    # One logged step
+
+    def _log_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model) -> None:
+        compute_moments(self._layout.views(), self.per_head, self._moments)
+        self._last_step = state.global_step
+        if self._writer is None or state.global_step in self._writer.logged_steps:
+            return
+
+        moments = self._moments.cpu().numpy()  # the one host synchronization of this step
+        statistics = moments_to_statistics(moments)
+        statistics["count"] = moments[:, 0]
+        self._writer.append(state.global_step, self._keys, statistics)
+        if self._reporters:
+            metrics = self._metrics(statistics)
+            for reporter in self._reporters:
+                reporter.on_log(args, state, control, logs=dict(metrics), model=model)
+
+    def _metrics(self, statistics: dict[str, np.ndarray]) -> dict[str, float]:
+        metrics = {}
+        for i, (layer, projection, head) in enumerate(self._keys):
+            # Per-head rows send only their variance, which keeps a 12-head model at ~500 keys a step.
+            names = REPORTED_STATISTICS if head < 0 else ("variance",)
+            for name in names:
+                metrics[metric_key(name, layer, projection, head)] = float(statistics[name][i])
+        return metrics
+
+    def _resolve_history_dir(self, args: TrainingArguments) -> Path:
+        if self.history_dir is not None:
+            return Path(self.history_dir)
+        if args.output_dir is None:
+            raise ValueError("VarianceCallback needs TrainingArguments.output_dir or an explicit history_dir")
+        return Path(args.output_dir) / HISTORY_DIRNAME
+
+    def _meta(self, model) -> dict[str, Any]:
+        config = getattr(model, "config", None)
+        return {
+            "layout": self._layout.name,
+            "model_type": getattr(config, "model_type", None),
+            "n_layer": self._layout.n_layer,
+            "n_head": self._layout.n_head,
+            "head_dim": self._layout.head_dim,
+            "projections": ["q", "k", "v"],
+            "every_n_steps": self.every_n_steps,
+            "per_head": self.per_head,
+            "init_scheme": getattr(config, "init_scheme", None),
+            "init_args": getattr(config, "init_args", None),
+        }
+
+
+def _find_reporters(callback: TrainerCallback) -> list[TrainerCallback]:
+    """Return the reporting integrations (W&B, TensorBoard, …) registered before `callback`.
+
+    The Trainer runs user callbacks after its reporters, so metrics added to `logs` in `on_log`
+    would reach none of them. Instead, the callback calls each reporter's `on_log` itself, the way
+    `Trainer.log` does. A callback is not handed the `CallbackHandler`, so it is found on the
+    stack: the event being handled was dispatched by `CallbackHandler.call_event`.
+    """
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+
+    handler = None
+    frame = sys._getframe(1)
+    while frame is not None and handler is None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, CallbackHandler):
+            handler = candidate
+        frame = frame.f_back
+    if handler is None:
+        logger.warning(
+            "VarianceCallback: not called by a transformers CallbackHandler, so the statistics go to "
+            "the history file only, not to the reporters in report_to"
+        )
+        return []
+
+    reporter_types = tuple(INTEGRATION_TO_CALLBACK.values())
+    return [other for other in handler.callbacks if isinstance(other, reporter_types) and other is not callback]
+
+
+def _restore_history_from_checkpoint(args: TrainingArguments, state: TrainerState, directory: Path) -> None:
+    """On resume, take the checkpoint's copy of the history when the output folder has none."""
+    if (directory / "history.csv").exists():
+        return
+    saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / HISTORY_DIRNAME
+    if (saved / "history.csv").exists():
+        shutil.copytree(saved, directory, dirs_exist_ok=True)
+    if not read_logged_steps(directory):
+        logger.warning("VarianceCallback: resumed at step %d with no saved history; starting a new one", state.global_step)
