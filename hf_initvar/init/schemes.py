@@ -184,11 +184,23 @@ def scheme_arguments(cls: type[Scheme]) -> list[tuple[str, str, Any]]:
 
 
 def scheme_doc_paragraph(cls: type[Scheme], label: str) -> str:
-    """Return the docstring paragraph of a scheme class that starts with `label:` ("Formula", "Source")."""
-    for paragraph in (inspect.getdoc(cls) or "").split("\n\n"):
-        if paragraph.startswith(f"{label}:"):
-            return " ".join(line.strip() for line in paragraph[len(label) + 1 :].splitlines()).strip()
-    return ""
+    """Return the text after `label:` ("Formula", "Source") in a scheme class's docstring.
+
+    The text runs until a blank line or the next `Formula:`, `Source:` or `Attributes:` line.
+    """
+    collected: list[str] = []
+    active = False
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        stripped = line.strip()
+        starts_section = stripped.split(":", 1)[0] in ("Formula", "Source", "Attributes")
+        if stripped.startswith(f"{label}:"):
+            active = True
+            collected.append(stripped[len(label) + 1 :].strip())
+        elif active and stripped and not starts_section:
+            collected.append(stripped)
+        elif active:
+            break
+    return " ".join(collected)
 
 
 @dataclass(frozen=True)
@@ -647,8 +659,9 @@ class DepthScaled(Scheme):
         check_positive(self.name, "std", self.std)
 
     def rule(self, info: ParamInfo) -> Rule:
-        output = rules.normal(self.std / math.sqrt(2.0 * (_layer(info) + 1)))
-        return standard_rule(info, rules.normal(self.std), output)
+        if info.role in RESIDUAL_OUTPUT_ROLES:
+            return rules.normal(self.std / math.sqrt(2.0 * (_layer(info) + 1)))
+        return standard_rule(info, rules.normal(self.std))
 
 
 @register_scheme("zero_out")
