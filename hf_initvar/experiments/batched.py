@@ -1,0 +1,307 @@
+"""Train many MLPs of one architecture at once, with their weights stacked along a leading model axis.
+
+A sweep trains dozens of small MLPs that differ only in their initial weights and data order. One
+at a time, each step is a handful of small matmuls and Python overhead dominates. Stacked, layer
+`l` of all M models is one `[M, out, in]` tensor and a step is one `torch.bmm` per layer, which runs
+at close to the rate of a large matmul.
+
+The stacked run is the same computation as training each model alone: the summed loss has
+gradient exactly the per-model gradient for each slice, SGD and Adam update element-wise, and each
+model draws its own mini-batches from a generator seeded with its data seed. Only the summation
+order inside the matmuls differs, so results agree to rounding (about 1e-15 in float64), and runs
+whose dynamics are chaotic amplify that rounding the same way two float32 runs on different
+hardware would.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hf_initvar.models.mlp import ReluMLP
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam")
+
+_ACTIVATION_FUNCTIONS = {
+    "relu": torch.relu,
+    "gelu": nn.functional.gelu,
+    "tanh": torch.tanh,
+}
+
+
+@dataclass
+class TrainingSchedule:
+    """How every model of a run is trained.
+
+    Attributes:
+        optimizer: `sgd` or `adam`.
+        learning_rate: step size of the optimizer.
+        epochs: passes over the training split.
+        batch_size: samples per optimizer step; the last batch of an epoch may be smaller.
+        momentum: SGD momentum (ignored by Adam).
+    """
+
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05
+    epochs: int = 10
+    batch_size: int = 64
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            close = difflib.get_close_matches(self.optimizer, OPTIMIZERS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown optimizer {self.optimizer!r}{hint}; allowed: {list(OPTIMIZERS)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be at least 1, got {self.epochs} and {self.batch_size}")
+
+    def steps_per_epoch(self, num_samples: int) -> int:
+        """Number of optimizer steps in one epoch over `num_samples` samples."""
+        return math.ceil(num_samples / self.batch_size)
+
+    def build_optimizer(self, parameters) -> torch.optim.Optimizer:
+        """Return the torch optimizer this schedule names, over `parameters`."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(parameters, lr=self.learning_rate, momentum=self.momentum)
+        return torch.optim.Adam(parameters, lr=self.learning_rate)
+
+
+class StackedMLP(nn.Module):
+    """M MLPs of identical architecture whose layer `l` weights form one `[M, out, in]` parameter.
+
+    Args:
+        models: the models to stack; their weights are copied, so the originals stay untouched.
+        dtype: dtype of the stacked weights; float64 for equivalence checks.
+    """
+
+    def __init__(self, models: list[ReluMLP], dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not models:
+            raise ValueError("StackedMLP needs at least one model, got an empty list")
+        config = models[0].config
+        for model in models[1:]:
+            if model.config.layer_sizes != config.layer_sizes or model.config.bias != config.bias:
+                raise ValueError(
+                    f"all stacked models need one architecture; got layer sizes {config.layer_sizes} "
+                    f"and {model.config.layer_sizes}"
+                )
+        self.config = config
+        self.activation = _ACTIVATION_FUNCTIONS[config.activation]
+        num_layers = len(models[0].layers)
+        # weights[l]: (M, fan_out, fan_in); biases[l]: (M, fan_out)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([m.layers[l].weight.detach() for m in models]).to(dtype).clone())
+            for l in range(num_layers)
+        )
+        self.biases = (
+            nn.ParameterList(
+                nn.Parameter(torch.stack([m.layers[l].bias.detach() for m in models]).to(dtype).clone())
+                for l in range(num_layers)
+            )
+            if config.bias
+            else None
+        )
+
+    @property
+    def num_models(self) -> int:
+        """Number of stacked models M."""
+        return self.weights[0].shape[0]
+
+    def forward(self, features: torch.Tensor, keep_pre_activations: bool = False):
+        """Return logits `(M, B, classes)` for features `(M, B, in)`, and the pre-activations when asked."""
+        hidden = features
+        pre_activations = []
+        last = len(self.weights) - 1
+        for index, weight in enumerate(self.weights):
+            if self.biases is not None:
+                # (M, B, out) = bias (M, 1, out) + (M, B, in) @ (M, in, out)
+                hidden = torch.baddbmm(self.biases[index].unsqueeze(1), hidden, weight.transpose(1, 2))
+            else:
+                hidden = torch.bmm(hidden, weight.transpose(1, 2))
+            if keep_pre_activations:
+                hidden.retain_grad()
+                pre_activations.append(hidden)
+            if index < last:
+                hidden = self.activation(hidden)
+        return (hidden, pre_activations) if keep_pre_activations else hidden
+
+    def per_model_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Return each model's mean cross-entropy, shape `(M,)`, for features `(M, B, in)` and labels `(M, B)`."""
+        logits = self(features)
+        num_models, batch, classes = logits.shape
+        losses = nn.functional.cross_entropy(
+            logits.reshape(num_models * batch, classes), labels.reshape(-1), reduction="none"
+        )
+        return losses.view(num_models, batch).mean(dim=1)
+
+    @torch.no_grad()
+    def copy_into(self, index: int, model: ReluMLP) -> ReluMLP:
+        """Write model `index`'s weights into `model` (same architecture) and return it."""
+        for l, layer in enumerate(model.layers):
+            layer.weight.copy_(self.weights[l][index])
+            if self.biases is not None:
+                layer.bias.copy_(self.biases[l][index])
+        return model
+
+
+@dataclass
+class StackedTrainingResult:
+    """What a stacked training run returns.
+
+    Attributes:
+        losses: training loss of every model at every step, `(steps, M)` float64; NaN/inf kept as is.
+        model: the stacked models after training.
+    """
+
+    losses: torch.Tensor
+    model: StackedMLP
+
+
+def train_stacked(
+    stacked: StackedMLP,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    data_seeds: list[int],
+    schedule: TrainingSchedule,
+    progress: bool = False,
+    description: str = "training",
+) -> StackedTrainingResult:
+    """Train all stacked models at once; model m shuffles the data with a generator seeded by `data_seeds[m]`.
+
+    Args:
+        stacked: the models to train, updated in place.
+        features: training features `(N, in)`, shared by all models.
+        labels: training labels `(N,)`.
+        data_seeds: one shuffle seed per model.
+        schedule: optimizer, learning rate, epochs and batch size.
+        progress: show a tqdm progress bar over steps.
+        description: label of the progress bar.
+
+    Returns:
+        The per-step losses and the trained stack.
+    """
+    num_models = stacked.num_models
+    if len(data_seeds) != num_models:
+        raise ValueError(f"need one data seed per model: {num_models} models, {len(data_seeds)} seeds")
+    features = features.to(stacked.weights[0].dtype)
+    num_samples = features.shape[0]
+    steps_per_epoch = schedule.steps_per_epoch(num_samples)
+    total_steps = steps_per_epoch * schedule.epochs
+
+    optimizer = schedule.build_optimizer(stacked.parameters())
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in data_seeds]
+    losses = torch.empty(total_steps, num_models, dtype=torch.float64)
+
+    bar = _progress_bar(total_steps, description) if progress else None
+    step = 0
+    for _ in range(schedule.epochs):
+        # (M, N): each model's own permutation for this epoch
+        order = torch.stack([torch.randperm(num_samples, generator=g) for g in generators])
+        for start in range(0, num_samples, schedule.batch_size):
+            batch_index = order[:, start : start + schedule.batch_size]  # (M, B)
+            loss_per_model = stacked.per_model_loss(features[batch_index], labels[batch_index])
+            optimizer.zero_grad(set_to_none=True)
+            # The gradient of the sum with respect to model m's slice is model m's own gradient.
+            loss_per_model.sum().backward()
+            optimizer.step()
+            losses[step] = loss_per_model.detach()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return StackedTrainingResult(losses=losses, model=stacked)
+
+
+def train_one_model(
+    model: ReluMLP,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    data_seed: int,
+    schedule: TrainingSchedule,
+) -> torch.Tensor:
+    """Train one model in a plain PyTorch loop with the data order `train_stacked` gives it.
+
+    This is the one-at-a-time reference that the stacked run must reproduce, and the tight loop
+    of the speed benchmark. Returns the per-step training loss, `(steps,)` float64.
+    """
+    features = features.to(next(model.parameters()).dtype)
+    num_samples = features.shape[0]
+    optimizer = schedule.build_optimizer(model.parameters())
+    generator = torch.Generator().manual_seed(int(data_seed))
+    losses = []
+    for _ in range(schedule.epochs):
+        order = torch.randperm(num_samples, generator=generator)
+        for start in range(0, num_samples, schedule.batch_size):
+            batch_index = order[start : start + schedule.batch_size]
+            loss = model(features[batch_index], labels=labels[batch_index]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+    return torch.stack(losses).double()
+
+
+def init_statistics(stacked: StackedMLP, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Measure every layer's forward and backward variance at the current weights on one fixed batch.
+
+    Args:
+        stacked: the models, usually right after initialization.
+        features: the fixed batch `(B, in)`, the same for every model.
+        labels: its labels `(B,)`.
+
+    Returns:
+        `activation_variance`: variance of each layer's pre-activation over batch and units, `(M, L)`;
+        `gradient_variance`: variance of the loss gradient with respect to each layer's weight, `(M, L)`;
+        `input_second_moment`: mean of `features**2`, the scale the theory starts from (a 0-d tensor).
+        All float64.
+    """
+    num_models = stacked.num_models
+    batch = features.to(stacked.weights[0].dtype).unsqueeze(0).expand(num_models, -1, -1)
+    stacked.zero_grad(set_to_none=True)
+    logits, pre_activations = stacked(batch, keep_pre_activations=True)
+    batch_size, classes = logits.shape[1], logits.shape[2]
+    loss = nn.functional.cross_entropy(
+        logits.reshape(-1, classes), labels.repeat(num_models), reduction="none"
+    ).view(num_models, batch_size).mean(dim=1)
+    loss.sum().backward()
+
+    # float64: at the small end of a sweep the variances fall below float32's normal range (~1e-38).
+    activation_variance = torch.stack(
+        [z.detach().double().flatten(1).var(dim=1, unbiased=False) for z in pre_activations], dim=1
+    )
+    gradient_variance = torch.stack(
+        [w.grad.double().flatten(1).var(dim=1, unbiased=False) for w in stacked.weights], dim=1
+    )
+    stacked.zero_grad(set_to_none=True)
+    return {
+        "activation_variance": activation_variance,
+        "gradient_variance": gradient_variance,
+        "input_second_moment": features.double().pow(2).mean(),
+    }
+
+
+@torch.no_grad()
+def stacked_logits(stacked: StackedMLP, features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Return every model's logits `(M, N, classes)` on features `(N, in)`, in chunks of samples."""
+    features = features.to(stacked.weights[0].dtype)
+    parts = []
+    for start in range(0, features.shape[0], chunk):
+        part = features[start : start + chunk]
+        parts.append(stacked(part.unsqueeze(0).expand(stacked.num_models, -1, -1)))
+    return torch.cat(parts, dim=1)
+
+
+def _progress_bar(total: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", leave=False)
