@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers import initialization as hf_init
 
 from hf_initvar.init.roles import ParamInfo, classify_parameters, model_family
@@ -80,7 +81,7 @@ def apply_config_init(model: nn.Module, generator: torch.Generator | None = None
     return True
 
 
-def from_config(model_class: type, config, **kwargs: Any) -> nn.Module:
+def from_config(model_class: type, config: PreTrainedConfig, **kwargs: Any) -> nn.Module:
     """Build a fresh model from `config` and draw it with the scheme recorded on the config.
 
     Args:
