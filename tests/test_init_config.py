@@ -41,7 +41,7 @@ def test_from_config_draws_recorded_scheme():
     assert within_sampling_error(rms(model.transformer.h[0].mlp.c_fc.weight), 0.03, WIDTH * 4 * WIDTH)
 
 
-def test_from_config_with_concrete_class_and_same_seed_is_reproducible():
+def test_from_config_same_seed_reproducible():
     config = gpt2_config(init_scheme="mup", init_args={"base_width": 32})
     torch.manual_seed(1)
     first = from_config(transformers.GPT2LMHeadModel, config)

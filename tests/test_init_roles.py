@@ -80,7 +80,7 @@ def test_bare_gpt2_model_gets_layers_without_prefix():
     assert infos["wte.weight"].role == "embedding"
 
 
-def test_kaiming_on_conv1d_c_fc_reads_true_fan_in():
+def test_kaiming_conv1d_true_fan_in():
     # Width 256: torch's fan helper on the stored [256, 1024] tensor would read fan_in 1024 and
     # give √(2/1024) = 0.0442; the true fan-in 256 gives √(2/256) = 0.0884.
     config = transformers.GPT2Config(n_layer=1, n_embd=256, n_head=4, vocab_size=64, n_positions=8, bos_token_id=0, eos_token_id=0)

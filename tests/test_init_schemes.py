@@ -71,8 +71,8 @@ def rms(tensor: torch.Tensor) -> float:
 
 
 def std_tolerance(std: float, count: int) -> float:
-    # A std estimated from `count` draws is off by about std/√(2·count) for a normal sample;
-    # uniform and truncated normal samples have lighter tails, so their error is smaller.
+    # A std estimated from `count` normal draws is off by about std/√(2·count). Uniform and
+    # truncated normal samples have lighter tails, so their error is smaller.
     return SIGMAS * std / math.sqrt(2 * count)
 
 

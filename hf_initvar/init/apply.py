@@ -118,9 +118,9 @@ def intended_stds(model: nn.Module, scheme: SchemeSpec | None = None, **scheme_a
 
     Args:
         model: a model `classify_parameters` supports.
-        scheme: the scheme to read; when None, the one recorded on `model.config`, else
-            transformers' own init for the model's family (`gpt2` for GPT-2, `normal` with the
-            config's initializer_range for the others).
+        scheme: the scheme to read. When None, the one recorded on `model.config` is read. A
+            config without one reads transformers' own init for the family: `gpt2` for GPT-2,
+            `normal` with the config's initializer_range for the others.
         **scheme_args: arguments of `scheme`.
 
     Returns:

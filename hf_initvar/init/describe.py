@@ -198,7 +198,7 @@ def describe_command(
     schemes = [name for name in names if name not in MODEL_PRESETS]
     presets = [name for name in names if name in MODEL_PRESETS]
     if len(presets) > 1 or (presets and model):
-        raise ValueError(f"give one model, got {[*presets, *([model] if model else [])]}")
+        raise ValueError(f"expected one model, got {[*presets, *([model] if model else [])]}")
     model = model or (presets[0] if presets else None)
     for name in schemes:
         scheme_class(name)

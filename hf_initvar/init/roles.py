@@ -61,7 +61,7 @@ EMBEDDING_ROLES: frozenset[str] = frozenset({"embedding", "position_embedding"})
 
 @dataclass(frozen=True)
 class ParamInfo:
-    """What one parameter is, for a scheme to decide how to draw it.
+    """Description of one parameter: what a scheme needs to decide how to draw it.
 
     Attributes:
         role: one of `ROLES`.
@@ -230,7 +230,7 @@ def classify_parameters(model: nn.Module) -> dict[str, ParamInfo]:
             infos[name] = ParamInfo(role="norm", fan_in=param.shape[0], fan_out=param.shape[0], **common)
             continue
         if attribute == "bias" and param.dim() == 1:
-            fan_in = _bias_fan_in(module, module_path, family, d_model)
+            fan_in = _bias_fan_in(module, d_model)
             infos[name] = ParamInfo(role="bias", fan_in=fan_in, fan_out=param.shape[0], **common)
             continue
 
@@ -258,7 +258,12 @@ def _classify_mlp(model: nn.Module) -> dict[str, ParamInfo]:
             raise ValueError(f"parameter {name!r} of {type(model).__name__} is outside `layers`; it has no role")
         index, attribute = owner[id(param)]
         linear = layers[index]
-        role = "bias" if attribute == "bias" else ("classifier" if index == n_layer - 1 else "hidden")
+        if attribute == "bias":
+            role = "bias"
+        elif index == n_layer - 1:
+            role = "classifier"
+        else:
+            role = "hidden"
         infos[name] = ParamInfo(
             role=role,
             layer=index,
@@ -309,7 +314,7 @@ def _match_role(family: str, module_path: str, name: str) -> str:
     )
 
 
-def _bias_fan_in(module: nn.Module, module_path: str, family: str, d_model: int) -> int:
+def _bias_fan_in(module: nn.Module, d_model: int) -> int:
     if isinstance(module, nn.Linear):
         return module.in_features
     if isinstance(module, Conv1D):

@@ -1,7 +1,7 @@
 """Rules: one distribution with its parameters, drawn into one `[out, in]` tensor.
 
-A scheme maps each parameter to a `Rule`; the rule knows how to fill a tensor and which std the
-filled values have. Every fill goes through the guarded functions of `transformers.initialization`,
+A scheme maps each parameter to a `Rule`; the rule fills a tensor and states the std of the
+filled values. Every fill goes through the guarded functions of `transformers.initialization`,
 which leave a tensor flagged `_is_hf_initialized` (a loaded weight) untouched.
 """
 

@@ -4,7 +4,7 @@ A scheme is a frozen dataclass whose fields are its arguments. `rule(info)` retu
 (distribution and intended std) for one parameter described by a `ParamInfo`. Each scheme's
 docstring carries a `Formula:` and a `Source:` paragraph, which `hf-initvar schemes` prints.
 
-Conventions shared by every built-in scheme unless its formula says otherwise: biases start at
+Conventions shared by every built-in scheme unless its formula states otherwise: biases start at
 zero, norm gains at one and norm biases at zero, and the scheme's weight rule covers embeddings,
 projections and heads. `d` is the model width (`ParamInfo.d_model`), `L` the number of layers and
 `l` the 0-based layer index.
@@ -294,9 +294,9 @@ def resolve_scheme(scheme: SchemeSpec, **args: Any) -> Scheme:
 def scheme_record(scheme: Scheme, args: Mapping[str, Any]) -> tuple[str | dict, dict]:
     """Return the `(init_scheme, init_args)` pair stored on a model config for `scheme`.
 
-    A named scheme is stored as its name and the arguments the caller gave (defaults are left out,
-    so a reload reads them from the installed version); a per-role scheme as its spec dict, with
-    every argument of every entry.
+    A named scheme is stored as its name and the arguments the caller gave. Defaults are left out,
+    so a reload reads them from the installed version. A per-role scheme is stored as its spec
+    dict, with every argument of every entry.
     """
     if isinstance(scheme, PerRoleScheme):
         return scheme.spec(), {}
