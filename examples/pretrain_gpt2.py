@@ -82,6 +82,10 @@ class DataArguments:
 class TrackingArguments:
     variance_every_n_steps: int = field(default=1, metadata={"help": "Log Q/K/V statistics every N optimizer steps."})
     variance_per_head: bool = field(default=False, metadata={"help": "Also log per-head statistics."})
+    histogram_steps: str | None = field(
+        default=None, metadata={"help": "Steps at which to record weight histograms, e.g. '0,50,200,1000' (none by default)."}
+    )
+    histogram_layers: str = field(default="0,-1", metadata={"help": "Layers whose Q/K/V histograms are recorded, e.g. '0,5,-1'."})
 
 
 def main() -> None:
@@ -138,7 +142,14 @@ def main() -> None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=[VarianceCallback(every_n_steps=tracking_args.variance_every_n_steps, per_head=tracking_args.variance_per_head)],
+        callbacks=[
+            VarianceCallback(
+                every_n_steps=tracking_args.variance_every_n_steps,
+                per_head=tracking_args.variance_per_head,
+                histogram_steps=_int_list(tracking_args.histogram_steps),
+                histogram_layers=_int_list(tracking_args.histogram_layers),
+            )
+        ],
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
@@ -196,6 +207,16 @@ def default_reporters() -> list[str]:
     except ImportError:
         return reporters
     return reporters + ["wandb"]
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    """'0,50,-1' -> [0, 50, -1]; None or '' -> None."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers such as '0,50,200', got {text!r}") from None
 
 
 def init_arguments(model_args: ModelArguments) -> dict:

@@ -24,6 +24,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 
+from hf_initvar.tracking.histograms import HistogramRecorder
 from hf_initvar.tracking.history import HistoryWriter, read_logged_steps
 from hf_initvar.tracking.layouts import AttentionLayout, detect_layout
 from hf_initvar.tracking.stats import compute_moments, moments_to_statistics, row_keys
@@ -54,6 +55,10 @@ class VarianceCallback(TrainerCallback):
         history_dir: folder for the history; default `<output_dir>/variance`.
         report: send the metrics to the Trainer's reporters.
         figures: draw the layer x step heatmap and per-layer curves when training ends.
+        histogram_steps: steps at which to record fixed-bin weight histograms (`histograms.csv`,
+            format in `hf_initvar.tracking.histograms`); none by default.
+        histogram_layers: layers whose Q/K/V the histograms cover (negative counts from the last).
+        histogram_bins: number of equal bins of each histogram.
 
     Example:
         ```python
@@ -68,6 +73,9 @@ class VarianceCallback(TrainerCallback):
         history_dir: str | None = None,
         report: bool = True,
         figures: bool = True,
+        histogram_steps: list[int] | None = None,
+        histogram_layers: list[int] | None = None,
+        histogram_bins: int = 80,
     ):
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}; use 1 to log every step")
@@ -76,6 +84,11 @@ class VarianceCallback(TrainerCallback):
         self.history_dir = history_dir
         self.report = report
         self.figures = figures
+        self._histograms = (
+            HistogramRecorder(histogram_layers if histogram_layers is not None else [0, -1], histogram_steps, bins=histogram_bins)
+            if histogram_steps
+            else None
+        )
 
         self._layout: AttentionLayout | None = None
         self._keys: list[tuple[int, str, int]] = []
@@ -113,10 +126,14 @@ class VarianceCallback(TrainerCallback):
         # On a resume the checkpoint's step may already be in the history; `_log_step` skips the
         # write then, but every rank still computes, so sharded reductions stay in lockstep.
         self._log_step(args, state, control, model)
+        if self._histograms is not None:
+            self._histograms.open(self._resolve_history_dir(args), self._layout.n_layer)
+            self._record_histograms(state)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if state.global_step % self.every_n_steps == 0:
             self._log_step(args, state, control, model)
+        self._record_histograms(state)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self._writer is None:
@@ -157,6 +174,13 @@ class VarianceCallback(TrainerCallback):
             metrics = self._metrics(statistics)
             for reporter in self._reporters:
                 reporter.on_log(args, state, control, logs=dict(metrics), model=model)
+
+    def _record_histograms(self, state: TrainerState) -> None:
+        if self._histograms is None or not self._histograms.wants(state.global_step):
+            return
+        rows = self._histograms.compute(self._layout.views(), state.global_step)
+        if state.is_world_process_zero:
+            self._histograms.append(rows)
 
     def _metrics(self, statistics: dict[str, np.ndarray]) -> dict[str, float]:
         metrics = {}
