@@ -149,3 +149,33 @@ def test_cli_explicit_model_size_and_init_args(capsys):
 def test_cli_unknown_scheme_exits_with_suggestion(capsys):
     assert main(["schemes", "xavir_normal", "--model", "gpt2-124m"]) == 2
     assert "did you mean 'xavier_normal'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model_type", "missing_key"),
+    [("llama", "model.layers.2.self_attn.o_proj.weight"), ("gpt_neox", "gpt_neox.layers.2.attention.dense.weight")],
+)
+def test_missing_attn_out_gets_layer_depth(tmp_path, model_type, missing_key):
+    # depth_scaled: attn_out of layer 2 has std 0.02/√(2·3).
+    config = transformers.AutoConfig.for_model(
+        model_type, num_hidden_layers=N_LAYER, hidden_size=WIDTH, num_attention_heads=4,
+        intermediate_size=4 * WIDTH, vocab_size=96, bos_token_id=0, eos_token_id=0,
+        init_scheme="depth_scaled",
+    )
+    torch.manual_seed(5)
+    model = from_config(transformers.AutoModelForCausalLM, config)
+    model.save_pretrained(tmp_path)
+    weights_file = tmp_path / "model.safetensors"
+    state = load_file(weights_file)
+    del state[missing_key]
+    save_file(state, weights_file, metadata={"format": "pt"})
+
+    reloaded = from_pretrained(transformers.AutoModelForCausalLM, str(tmp_path))
+
+    redrawn = reloaded.get_parameter(missing_key)
+    assert within_sampling_error(rms(redrawn), 0.02 / math.sqrt(6), redrawn.numel())
+    assert not torch.equal(redrawn, model.get_parameter(missing_key))
+    original = dict(model.named_parameters())
+    for name, loaded in reloaded.named_parameters():
+        if name != missing_key:
+            assert torch.equal(original[name], loaded), name

@@ -308,6 +308,10 @@ def test_init_tensor_leaves_loaded_tensor_untouched():
         (lambda: apply_init(build("gpt2"), {"default": "gpt2", "q": "normal"}), r"fused.*override 'qkv' instead"),
         (lambda: apply_init(build("llama"), {"default": "gpt2", "position_embedding": "normal"}), r"no 'position_embedding' parameters"),
     ],
+    ids=[
+        "unknown-name", "negative-std", "nan-std", "inf-std", "unknown-argument", "string-std", "invalid-mode",
+        "unknown-role", "missing-default", "q-on-fused-qkv", "absent-role",
+    ],
 )
 def test_bad_input_raises_with_suggestion(call, message):
     with pytest.raises(ValueError, match=message):
