@@ -1,6 +1,22 @@
 import pytest
 import torch
-from transformers import AttentionInterface
+from transformers import (
+    AttentionInterface,
+    BertConfig,
+    BertModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from hf_initvar.tracking.layouts import PROJECTIONS, detect_layout, register_layout, supported_model_types
@@ -10,53 +26,119 @@ captured: list[dict] = []
 
 def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
     """Record the q, k, v that the model's own attention forward computed, then run sdpa."""
-    captured.append({"layer": module.layer_idx, "q": query.detach(), "k": key.detach(), "v": value.detach()})
+    captured.append({"module": module, "q": query.detach(), "k": key.detach(), "v": value.detach()})
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
 AttentionInterface.register("hf_initvar_capture", _capturing_attention)
 
+SMALL = dict(hidden_size=24, num_attention_heads=3, intermediate_size=32, vocab_size=50)
+# Positions are all zero in the forward check, so rotary embeddings rotate by angle 0 and leave q, k unchanged.
+FAMILIES = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_key_value_heads=3, **SMALL)),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(num_hidden_layers=2, num_key_value_heads=1, **SMALL)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=2, num_key_value_heads=1, **SMALL)),
+    "llama_gqa_head_dim": lambda: LlamaForCausalLM(
+        LlamaConfig(num_hidden_layers=2, num_key_value_heads=1, head_dim=10, attention_bias=True, **SMALL)
+    ),
+    "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=2, rotary_pct=0.5, **SMALL)),
+    "bert": lambda: BertModel(BertConfig(num_hidden_layers=2, **SMALL)),
+    "roberta": lambda: RobertaForMaskedLM(RobertaConfig(num_hidden_layers=2, pad_token_id=1, **SMALL)),
+    "opt": lambda: OPTForCausalLM(
+        OPTConfig(num_hidden_layers=2, hidden_size=24, num_attention_heads=3, ffn_dim=32, word_embed_proj_dim=24, vocab_size=50)
+    ),
+}
 
-def _forward_qkv(model, input_ids):
-    """Run the model and return {layer: {"q"|"k"|"v": (B, heads, T, head_dim)}} plus each layer's input."""
+
+def _forward_qkv(model, layout, input_ids):
+    """Run the model; return per layer the captured q, k, v `(B, heads, T, head_dim)` and the input of each projection."""
     captured.clear()
-    layer_inputs = {}
-    hooks = [
-        block.attn.c_attn.register_forward_hook(lambda module, args, out, layer=layer: layer_inputs.__setitem__(layer, args[0]))
-        for layer, block in enumerate(model.transformer.h)
-    ]
+    inputs = {}
+    hooks = []
+    for placement in layout.placements:
+        key = (placement.layer, placement.projection)
+        hook = placement.module.register_forward_pre_hook(lambda module, args, key=key: inputs.__setitem__(key, args[0]))
+        hooks.append(hook)
     model.set_attn_implementation("hf_initvar_capture")
+    kwargs = {}
+    if model.config.model_type in ("llama", "mistral", "qwen2", "gpt_neox"):
+        kwargs["position_ids"] = torch.zeros_like(input_ids)
     with torch.no_grad():
-        model(input_ids=input_ids)
+        model(input_ids=input_ids, **kwargs)
     for hook in hooks:
         hook.remove()
-    return {entry["layer"]: entry for entry in captured}, layer_inputs
+    return captured[:], inputs
+
+
+def _randomize_biases(model):
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_()
+
+
+def _check_heads_match_forward(model, layout):
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(3, model.config.vocab_size, (2, 7), generator=generator)
+    forward, inputs = _forward_qkv(model, layout, input_ids)
+    assert len(forward) == layout.n_layer
+
+    for placement, view in zip(layout.placements, layout.views()):
+        expected = forward[placement.layer][placement.projection]  # (B, heads, T, head_dim)
+        assert view.weight.shape == (expected.shape[1], inputs[(placement.layer, placement.projection)].shape[-1], expected.shape[3])
+        bias = getattr(placement.module, "bias", None)
+        scale = getattr(forward[placement.layer]["module"], "scaling", 1.0) if model.config.model_type == "opt" and placement.projection == "q" else 1.0
+        x = inputs[(placement.layer, placement.projection)]  # (B, T, in)
+        for head in range(placement.n_heads):
+            from_slice = x @ view.weight[head]  # (B, T, head_dim)
+            if bias is not None:
+                start = placement.offset + head * placement.head_stride
+                from_slice = from_slice + bias[start : start + placement.head_dim]
+            torch.testing.assert_close(from_slice * scale, expected[:, head], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_head_slices_match_attention_forward(family):
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    _randomize_biases(model)
+    layout = detect_layout(model)
+
+    assert layout.n_layer == 2
+    assert [(p.layer, p.projection) for p in layout.placements] == [(layer, p) for layer in range(2) for p in PROJECTIONS]
+    _check_heads_match_forward(model, layout)
+
+
+def test_gqa_key_value_have_fewer_heads():
+    model = FAMILIES["mistral"]()
+    layout = detect_layout(model)
+    assert layout.n_head == 3
+    assert layout.n_kv_head == 1
+    assert [view.weight.shape[0] for view in layout.views()[:3]] == [3, 1, 1]
 
 
 def test_gpt2_head_slices_match_attention_forward(tiny_gpt2):
-    model = tiny_gpt2
-    with torch.no_grad():
-        for block in model.transformer.h:  # non-zero biases, so a wrong bias slice would show
-            block.attn.c_attn.bias.normal_()
-    layout = detect_layout(model)
-    input_ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
-    forward, layer_inputs = _forward_qkv(model, input_ids)
+    _randomize_biases(tiny_gpt2)
+    layout = detect_layout(tiny_gpt2)
+    assert (layout.n_layer, layout.n_head, layout.head_dim) == (3, 3, 8)
+    _check_heads_match_forward(tiny_gpt2, layout)
 
-    assert layout.n_layer == 3
-    assert layout.n_head == 3
-    assert layout.head_dim == 8
-    views = layout.views()
-    assert [(view.layer, view.projection) for view in views] == [(layer, p) for layer in range(3) for p in PROJECTIONS]
-    width = model.config.n_embd
-    for view in views:
-        bias = model.transformer.h[view.layer].attn.c_attn.bias
-        block_bias = bias[PROJECTIONS.index(view.projection) * width :][:width].view(layout.n_head, layout.head_dim)
-        x = layer_inputs[view.layer]  # (B, T, in)
-        expected = forward[view.layer][view.projection]  # (B, heads, T, head_dim)
-        assert view.weight.shape == (layout.n_head, width, layout.head_dim)
-        for head in range(layout.n_head):
-            from_slice = x @ view.weight[head] + block_bias[head]  # (B, T, head_dim)
-            torch.testing.assert_close(from_slice, expected[:, head], rtol=1e-5, atol=1e-6)
+
+def test_neox_heads_are_interleaved():
+    model = FAMILIES["gpt_neox"]()
+    layout = detect_layout(model)
+    weight = model.gpt_neox.layers[0].attention.query_key_value.weight  # (3 * hidden, hidden)
+    k_view = layout.views()[1].weight  # layer 0, k: (heads, in, head_dim)
+    # Head 1 of K is rows 3*8 + 8 .. 3*8 + 16 of the fused weight.
+    torch.testing.assert_close(k_view[1], weight[32:40].T, rtol=0, atol=0)
+
+
+def test_placement_names_are_parameter_names():
+    for family in ("llama", "gpt_neox", "bert", "opt"):
+        model = FAMILIES[family]()
+        names = dict(model.named_parameters())
+        for placement in detect_layout(model).placements:
+            assert names[placement.name] is placement.weight()
 
 
 def test_gpt2_views_share_storage_with_weights(tiny_gpt2):
@@ -74,6 +156,10 @@ def test_unknown_model_type_lists_supported():
     model.config = type("Config", (), {"model_type": "gpt3"})()
     with pytest.raises(ValueError, match=r"model type 'gpt3'.*Did you mean 'gpt2'.*Supported model types: .*gpt2"):
         detect_layout(model)
+
+
+def test_supported_model_types_cover_families():
+    assert set(supported_model_types()) >= {"gpt2", "gpt_neox", "llama", "mistral", "qwen2", "bert", "roberta", "opt"}
 
 
 def test_registered_layout_is_detected(tiny_gpt2):
