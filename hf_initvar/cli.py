@@ -74,7 +74,101 @@ def _run_schemes(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_plot, _add_schemes]
+def _add_sweep(subcommands: argparse._SubParsersAction) -> None:
+    from hf_initvar.experiments.arguments import add_dataclass_arguments
+    from hf_initvar.experiments.sweep import SweepConfig
+
+    parser = subcommands.add_parser(
+        "sweep",
+        help="log sweep of the initial weight std of a ReLU MLP: regimes, stability band, theory",
+        description="Train one ReLU MLP per (std, seed, optimizer), all at once with stacked weights, and "
+        "report the vanishing / stable / exploding / diverged regimes, the measured stability band with a "
+        "95% CI over seeds, the band variance propagation predicts, and the paper's 1e-2..1e-1.",
+    )
+    add_dataclass_arguments(parser, SweepConfig)
+    _add_experiment_output_arguments(parser, "runs/mlp_sweep")
+    parser.set_defaults(handler=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from hf_initvar.experiments.arguments import dataclass_from_args
+    from hf_initvar.experiments.sweep import SweepConfig, format_band_table, run_sweep
+    from hf_initvar.reporting.mlp_plots import draw_sweep_figures, log_sweep_to_wandb
+
+    started = time.perf_counter()
+    try:
+        config = dataclass_from_args(SweepConfig, args)
+        summary = run_sweep(config, args.output_dir, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"hf-initvar sweep: error: {error}", file=sys.stderr)
+        return 2
+    paths = draw_sweep_figures(args.output_dir)
+    sizes = "-".join(map(str, summary["layer_sizes"]))
+    grid_factor = (config.std_max / config.std_min) ** (1 / (config.num_stds - 1))
+    print(f"{summary['dataset']['name']}, MLP {sizes}, {len(summary['runs'])} runs; grid step x{grid_factor:.3g}")
+    print(format_band_table(summary))
+    for path in [*paths, args.output_dir + "/sweep.json", args.output_dir + "/runs.csv"]:
+        print(path)
+    if "wandb" in args.report_to:
+        sync = log_sweep_to_wandb(args.output_dir, project=args.wandb_project)
+        if sync:
+            print(f"W&B ran offline; upload this run with:\n  {sync}")
+    print(f"wall time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _add_compare(subcommands: argparse._SubParsersAction) -> None:
+    from hf_initvar.experiments.arguments import add_dataclass_arguments
+    from hf_initvar.experiments.compare import CompareConfig
+
+    parser = subcommands.add_parser(
+        "compare",
+        help="Kaiming fan-in vs Xavier vs torch default on a ReLU MLP over seeds, with 95%% CIs",
+        description="Train one ReLU MLP per (init scheme, seed) on identical data orders and report mean "
+        "loss curves with 95%% confidence intervals, steps to a loss threshold and final test accuracy.",
+    )
+    add_dataclass_arguments(parser, CompareConfig)
+    _add_experiment_output_arguments(parser, "runs/kaiming_vs_xavier")
+    parser.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import time
+
+    from hf_initvar.experiments.arguments import dataclass_from_args
+    from hf_initvar.experiments.compare import CompareConfig, format_summary_table, run_compare
+    from hf_initvar.reporting.mlp_plots import draw_compare_figures
+
+    started = time.perf_counter()
+    try:
+        config = dataclass_from_args(CompareConfig, args)
+        summary = run_compare(config, args.output_dir, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"hf-initvar compare: error: {error}", file=sys.stderr)
+        return 2
+    paths = draw_compare_figures(args.output_dir)
+    sizes = "-".join(map(str, summary["layer_sizes"]))
+    print(f"{summary['dataset']['name']}, MLP {sizes}, {config.optimizer} lr {config.learning_rate}, {config.epochs} epochs")
+    print(format_summary_table(summary))
+    for path in [*paths, args.output_dir + "/compare.json", args.output_dir + "/curves.csv"]:
+        print(path)
+    print(f"wall time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _add_experiment_output_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    parser.add_argument("--output_dir", default=default_dir, help=f"folder for results and PNGs (default: {default_dir})")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--report_to", nargs="*", default=[], choices=["wandb"],
+        help="also log to these trackers; W&B runs offline without credentials (default: none)",
+    )
+    parser.add_argument("--wandb_project", default="hf-initvar", help="W&B project name (default: hf-initvar)")
+
+
+SUBCOMMANDS = [_add_plot, _add_schemes, _add_sweep, _add_compare]
 
 
 if __name__ == "__main__":
