@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
+from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,9 @@ def text_column(dataset: Dataset) -> str:
     raise ValueError(f"no text column in dataset with columns {dataset.column_names}")
 
 
-def train_or_load_tokenizer(texts: Iterable[str], vocab_size: int, cache_root: str | os.PathLike | None = None):
+def train_or_load_tokenizer(
+    texts: Iterable[str], vocab_size: int, cache_root: str | os.PathLike | None = None
+) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE tokenizer on `texts`, or load it from the cache if it exists.
 
     The cache key is a SHA-256 of the training texts, the vocabulary size and the `tokenizers`
@@ -188,7 +191,7 @@ def train_or_load_tokenizer(texts: Iterable[str], vocab_size: int, cache_root: s
     return AutoTokenizer.from_pretrained(folder)
 
 
-def pack_into_blocks(raw: DatasetDict, tokenizer, block_size: int, num_proc: int | None = None) -> DatasetDict:
+def pack_into_blocks(raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int | None = None) -> DatasetDict:
     """Tokenize every split, append EOS to each document, concatenate and cut into `block_size` blocks.
 
     Blocks have `input_ids` and `labels` (the same ids; the model shifts them), no padding and no
