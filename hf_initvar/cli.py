@@ -31,7 +31,12 @@ def _add_plot(subcommands: argparse._SubParsersAction) -> None:
 def _run_plot(args: argparse.Namespace) -> int:
     from hf_initvar.reporting.figures import draw_history_figures
 
-    for path in draw_history_figures(args.run_dir, out_dir=args.out):
+    try:
+        paths = draw_history_figures(args.run_dir, out_dir=args.out)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"hf-initvar plot: error: {error}", file=sys.stderr)
+        return 1
+    for path in paths:
         print(path)
     return 0
 
@@ -168,7 +173,77 @@ def _add_experiment_output_arguments(parser: argparse.ArgumentParser, default_di
     parser.add_argument("--wandb_project", default="hf-initvar", help="W&B project name (default: hf-initvar)")
 
 
-SUBCOMMANDS = [_add_plot, _add_schemes, _add_sweep, _add_compare]
+def _add_equilibration_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tolerance", type=float, default=0.05, help="relative half-width of the band (default: 0.05, i.e. ±5%%)")
+    parser.add_argument("--final_fraction", type=float, default=0.2, help="share of the run that forms the band window (default: 0.2)")
+    parser.add_argument("--early_fraction", type=float, default=0.1, help="share of the run for the early growth fit (default: 0.1)")
+    parser.add_argument("--smooth", type=int, default=1, help="points of the rolling median before the band test, odd (default: 1, none)")
+
+
+def _equilibration_rule(args: argparse.Namespace):
+    from hf_initvar.reporting.analysis import EquilibrationRule
+
+    return EquilibrationRule(
+        tolerance=args.tolerance, final_fraction=args.final_fraction, early_fraction=args.early_fraction, smooth=args.smooth
+    )
+
+
+def _add_report(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "report",
+        help="write a Markdown report of a run's Q/K/V variance: heatmaps, curves, equilibration table, depth verdict",
+        description="Analyse a saved variance history (per-layer early growth, equilibration step and band, "
+        "Spearman correlation with depth) and write report.md with its PNGs and equilibration.csv.",
+    )
+    parser.add_argument("run_dir", help="a training output_dir, or its variance/ folder")
+    parser.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
+    _add_equilibration_rule_arguments(parser)
+    parser.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from hf_initvar.reporting.report import write_report
+
+    try:
+        report = write_report(args.run_dir, out_dir=args.out, rule=_equilibration_rule(args))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"hf-initvar report: error: {error}", file=sys.stderr)
+        return 2
+    for verdict in report.analysis.verdicts():
+        print(verdict)
+    for path in report.files:
+        print(path)
+    return 0
+
+
+def _add_compare_runs(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "compare-runs",
+        help="overlay the Q/K/V variance and equilibration of several runs (e.g. init schemes)",
+        description="Write compare.md, compare_curves.png, compare_equilibration.png and compare.csv for two or more runs.",
+    )
+    parser.add_argument("run_dirs", nargs="+", help="training output_dirs or variance/ folders")
+    parser.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
+    parser.add_argument("--labels", default=None, help="comma-separated run names (default: each run's init scheme)")
+    _add_equilibration_rule_arguments(parser)
+    parser.set_defaults(handler=_run_compare_runs)
+
+
+def _run_compare_runs(args: argparse.Namespace) -> int:
+    from hf_initvar.reporting.report import compare_runs
+
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    try:
+        paths = compare_runs(args.run_dirs, args.out, labels=labels, rule=_equilibration_rule(args))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"hf-initvar compare-runs: error: {error}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+SUBCOMMANDS = [_add_plot, _add_schemes, _add_sweep, _add_compare, _add_report, _add_compare_runs]
 
 
 if __name__ == "__main__":
