@@ -85,6 +85,7 @@ class TrackingArguments:
     histogram_steps: str | None = field(
         default=None, metadata={"help": "Steps at which to record weight histograms, e.g. '0,50,200,1000' (none by default)."}
     )
+    variance_report: bool = field(default=True, metadata={"help": "Write the variance report to <output_dir>/report at the end of training."})
     histogram_layers: str = field(default="0,-1", metadata={"help": "Layers whose Q/K/V histograms are recorded, e.g. '0,5,-1'."})
 
 
@@ -166,6 +167,8 @@ def main() -> None:
         summary = run_summary(trainer, block_size, eval_metrics, time.perf_counter() - started)
         Path(training_args.output_dir, "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print_summary(summary)
+        if tracking_args.variance_report:
+            write_variance_report(training_args.output_dir)
     finish_wandb()
 
 
@@ -289,6 +292,24 @@ def run_summary(trainer: Trainer, block_size: int, eval_metrics: dict, wall_seco
         "history": str(Path(args.output_dir, "variance", "history.csv")),
         "figures": [str(Path(args.output_dir, "variance", name)) for name in ("variance_heatmap.png", "variance_curves.png")],
     }
+
+
+def write_variance_report(output_dir: str) -> None:
+    """Write `<output_dir>/report/` and, when a W&B run is active, log its figures and table there."""
+    from hf_initvar.reporting.report import log_report_to_wandb, write_report
+    from hf_initvar.tracking.history import find_history_dir, read_logged_steps
+
+    logged = read_logged_steps(find_history_dir(output_dir))
+    if len(logged) < 3:
+        print(f"No variance report: the history has {len(logged)} logged steps and the analysis needs at least 3.")
+        return
+    report = write_report(output_dir)
+    print("\nDepth dependence of the Q/K/V variance")
+    for verdict in report.analysis.verdicts():
+        print(f"  {verdict}")
+    print(f"Report: {report.markdown}")
+    if log_report_to_wandb(report):
+        print("Logged the report's figures and equilibration table to W&B.")
 
 
 def print_summary(summary: dict) -> None:

@@ -23,12 +23,18 @@ from hf_initvar.tracking.history import find_history_dir, load_history  # noqa: 
 PROJECTION_TITLES = {"q": "Query", "k": "Key", "v": "Value"}
 
 
-def draw_history_figures(path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+def draw_history_figures(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    targets: dict[tuple[int, str], float] | None = None,
+) -> list[Path]:
     """Draw `variance_heatmap.png` and `variance_curves.png` for the history at `path`.
 
     Args:
         path: a history folder, or a training `output_dir` that contains `variance/`.
         out_dir: where to write the PNGs; default the history folder.
+        targets: {(layer, projection): variance the init scheme intends}, drawn as dashed lines
+            on the curves (`hf_initvar.reporting.targets.intended_variances` computes it).
 
     Returns:
         The paths written.
@@ -38,11 +44,13 @@ def draw_history_figures(path: str | os.PathLike, out_dir: str | os.PathLike | N
         raise ValueError(f"the variance history at {find_history_dir(path)} has no rows yet; nothing to draw")
     out = Path(out_dir) if out_dir is not None else find_history_dir(path)
     out.mkdir(parents=True, exist_ok=True)
+    if "quantity" in frame.columns:  # keep weight rows; a history may also hold gradient or update rows
+        frame = frame[frame["quantity"].fillna("weight") == "weight"]
     projections = frame[frame["head"] == -1]
     title = _title(meta)
     return [
         draw_variance_heatmap(projections, out / "variance_heatmap.png", title),
-        draw_variance_curves(projections, out / "variance_curves.png", title),
+        draw_variance_curves(projections, out / "variance_curves.png", title, targets),
     ]
 
 
@@ -72,8 +80,11 @@ def draw_variance_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-def draw_variance_curves(frame: pd.DataFrame, path: Path, title: str) -> Path:
-    """One panel per projection: the variance of every layer against the step, colored by depth."""
+def draw_variance_curves(frame: pd.DataFrame, path: Path, title: str, targets: dict[tuple[int, str], float] | None = None) -> Path:
+    """One panel per projection: the variance of every layer against the step, colored by depth.
+
+    With `targets`, each layer's intended init variance is a dashed line in the layer's color.
+    """
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True, constrained_layout=True)
     colormap = plt.get_cmap("plasma")
     for axis, projection in zip(axes, PROJECTION_TITLES):
@@ -81,11 +92,13 @@ def draw_variance_curves(frame: pd.DataFrame, path: Path, title: str) -> Path:
         for row, layer in enumerate(layers):
             color = colormap(row / max(len(layers) - 1, 1))
             axis.plot(steps, variance[row], color=color, label=f"layer {layer}", linewidth=1.2)
+            if targets and (int(layer), projection) in targets:
+                axis.axhline(targets[(int(layer), projection)], color=color, linestyle="--", linewidth=0.8, alpha=0.7)
         axis.set_yscale("log")
         axis.set_title(PROJECTION_TITLES[projection])
         axis.set_xlabel("optimizer step")
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("weight variance")
+    axes[0].set_ylabel("weight variance" + (" (dashed: init target)" if targets else ""))
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     figure.suptitle(title)
     figure.savefig(path, dpi=120)
