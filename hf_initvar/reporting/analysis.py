@@ -19,8 +19,8 @@ For an exponential approach v(t) = b + (v0 - b)·exp(-t/τ) the rule returns the
 at or after τ·ln(|v0 - b| / (tolerance·b)).
 
 The *early growth rate* is the least-squares slope of ln(variance) against the step over the first
-`early_fraction` of the logged steps (at least three points), in units of 1/step: 1e-3 means the
-variance grows by about 0.1 % per step at the start.
+`early_fraction` of the logged steps (at least three points), in units of 1/step. A rate of 1e-3
+means the variance grows by about 0.1 % per step at the start.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class EquilibrationRule:
             raise ValueError(f"smooth must be a positive odd number of points, got {self.smooth}; e.g. 1 or 3")
 
     def describe(self) -> str:
-        """One sentence stating the rule with its numbers, for reports."""
+        """Return one sentence that states the rule with its numbers, for reports."""
         smoothing = f" after a {self.smooth}-point rolling median" if self.smooth > 1 else ""
         return (
             f"a series equilibrates at the first logged step from which its variance{smoothing} stays within "
@@ -107,7 +107,7 @@ class SeriesResult:
 
     @property
     def settled(self) -> bool:
-        """Whether the series equilibrated within the run."""
+        """True when the series equilibrated within the run."""
         return self.equilibration_step is not None
 
 
@@ -158,11 +158,11 @@ class EquilibrationAnalysis:
     last_step: int = 0
 
     def projections(self) -> pd.DataFrame:
-        """The whole-projection rows of `table`."""
+        """Return the whole-projection rows of `table`."""
         return self.table[self.table["head"] == -1].reset_index(drop=True)
 
     def verdicts(self, per_head: bool = False) -> list[str]:
-        """The depth verdicts, whole projections or heads."""
+        """Return the depth verdicts of the whole projections, or of the heads."""
         return [trend.verdict for trend in self.depth if trend.per_head == per_head]
 
 
@@ -259,7 +259,7 @@ def analyze_series(steps: np.ndarray, variance: np.ndarray, rule: EquilibrationR
 
 
 def early_growth_rate(steps: np.ndarray, variance: np.ndarray, early_fraction: float) -> float:
-    """Slope of ln(variance) per step over the first `early_fraction` of the steps (at least 3 points)."""
+    """Fit the slope of ln(variance) per step over the first `early_fraction` of the steps (at least 3 points)."""
     steps = np.asarray(steps, dtype=float)
     variance = np.asarray(variance, dtype=float)
     early = steps <= steps[0] + early_fraction * (steps[-1] - steps[0])
@@ -267,7 +267,7 @@ def early_growth_rate(steps: np.ndarray, variance: np.ndarray, early_fraction: f
         early = np.arange(len(steps)) < 3
     positive = early & (variance > 0)
     if positive.sum() < 2:
-        # ln is undefined at zero (a zero-initialized projection); no rate can be read.
+        # ln is undefined at zero (a zero-initialized projection), so no rate can be read.
         return math.nan
     slope, _ = np.polyfit(steps[positive], np.log(variance[positive]), 1)
     return float(slope)
@@ -294,7 +294,7 @@ def _rolling_median(values: np.ndarray, points: int) -> np.ndarray:
 
 
 def depth_trends(table: pd.DataFrame, last_step: int, per_head: bool) -> list[DepthTrend]:
-    """Spearman ρ of layer index against |growth rate| and against equilibration step.
+    """Correlate layer index with |growth rate| and with equilibration step (Spearman ρ).
 
     Per projection and pooled over projections. A series that did not equilibrate is ranked
     after every series that did (its settling step is censored at `last_step + 1`).

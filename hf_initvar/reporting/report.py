@@ -44,7 +44,7 @@ PROJECTION_COLORS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green"}
 
 @dataclass
 class Report:
-    """What `write_report` produced.
+    """Files and analysis produced by `write_report`.
 
     Attributes:
         directory: the report folder.
@@ -108,7 +108,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
 
 def draw_equilibration(analysis: EquilibrationAnalysis, path: Path, title: str, targets: dict[tuple[int, str], float]) -> Path:
-    """Three panels against layer: equilibration step, early |growth rate|, and the band with the init target."""
+    """Draw three panels against layer: equilibration step, early growth rate, and the band with the init target."""
     table = analysis.projections()
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     ceiling = analysis.last_step * 1.05
@@ -147,7 +147,7 @@ def draw_equilibration(analysis: EquilibrationAnalysis, path: Path, title: str, 
 
 
 def draw_head_bands(analysis: EquilibrationAnalysis, path: Path, title: str) -> Path:
-    """One panel per projection: every head's band median against layer, with the projection's band."""
+    """Draw every head's band median against layer, one panel per projection, with the whole projection's band."""
     heads = analysis.table[analysis.table["head"] >= 0]
     whole = analysis.projections()
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True, constrained_layout=True)
@@ -172,7 +172,7 @@ def draw_head_bands(analysis: EquilibrationAnalysis, path: Path, title: str) -> 
 
 
 def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, targets: dict[tuple[int, str], float]) -> Path:
-    """Rows: recorded layers; columns: Q, K, V; one density curve per recorded step, the init target dashed."""
+    """Draw one density curve per recorded step, a row per recorded layer and a column per projection, with the init target dashed."""
     layers = sorted(histograms["layer"].unique())
     steps = sorted(histograms["step"].unique())
     colormap = plt.get_cmap("viridis")
@@ -205,7 +205,7 @@ def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, tar
 
 
 def histogram_density(block: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
-    """Bin centers, probability density of the finite bins, and the share of weights in the two open bins."""
+    """Return bin centers, the probability density of the finite bins, and the share of weights in the two open bins."""
     block = block.sort_values("lower")
     total = block["count"].sum()
     finite = block[np.isfinite(block["lower"]) & np.isfinite(block["upper"])]
@@ -220,7 +220,7 @@ def histogram_density(block: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, floa
 
 
 def report_markdown(analysis: EquilibrationAnalysis, figures: dict[str, Path], targets: dict[tuple[int, str], float], run_root: Path) -> str:
-    """The text of `report.md`: figures linked by relative path, so the folder can be moved whole."""
+    """Build the text of `report.md`, linking figures by relative path so the folder can be moved whole."""
     meta = analysis.meta
     scheme = meta.get("init_scheme") or "not recorded"
     args = meta.get("init_args") or {}
@@ -260,7 +260,7 @@ def report_markdown(analysis: EquilibrationAnalysis, figures: dict[str, Path], t
 
 
 def equilibration_table_markdown(analysis: EquilibrationAnalysis, targets: dict[tuple[int, str], float] | None = None) -> str:
-    """A Markdown table of the whole-projection rows: one line per layer and projection."""
+    """Format the whole-projection rows as a Markdown table, one line per layer and projection."""
     targets = targets or {}
     header = "| layer | proj | init target | step-0 variance | growth /1k steps | equilibrated at | band median | band 10–90 % |"
     lines = [header, "|---:|:---:|---:|---:|---:|---:|---:|---:|"]
@@ -276,7 +276,7 @@ def equilibration_table_markdown(analysis: EquilibrationAnalysis, targets: dict[
 
 
 def head_spread_markdown(spread: pd.DataFrame) -> str:
-    """A Markdown table of how far the heads of each layer and projection spread."""
+    """Format the spread across heads of each layer and projection as a Markdown table."""
     lines = ["| layer | proj | heads | band min | band max | max/min | settled heads | settling steps |", "|---:|:---:|---:|---:|---:|---:|---:|---:|"]
     for _, row in spread.iterrows():
         steps = "–" if row["settled_heads"] == 0 else f"{int(row['first_settled'])}–{int(row['last_settled'])}"
@@ -339,7 +339,7 @@ def compare_runs(
 
 
 def draw_compare_curves(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]], path: Path) -> Path:
-    """One panel per projection: the first, middle and last layer of every run, one color per run."""
+    """Draw the first, middle and last layer of every run, one panel per projection and one color per run."""
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True, constrained_layout=True)
     colormap = plt.get_cmap("tab10")
     line_styles = ["-", "--", ":"]
@@ -363,7 +363,7 @@ def draw_compare_curves(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysi
 
 
 def draw_compare_equilibration(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]], path: Path) -> Path:
-    """Top row: equilibration step per layer; bottom row: band median per layer; one color per run."""
+    """Draw the equilibration step (top row) and band median (bottom row) per layer, one color per run."""
     figure, axes = plt.subplots(2, 3, figsize=(15, 7.5), sharex=True, constrained_layout=True)
     colormap = plt.get_cmap("tab10")
     for run_index, (label, _, analysis) in enumerate(runs):
@@ -393,7 +393,7 @@ def draw_compare_equilibration(runs: list[tuple[str, pd.DataFrame, Equilibration
 
 
 def compare_markdown(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]]) -> str:
-    """The text of `compare.md`: one summary line per run, the verdicts, then the figures."""
+    """Build the text of `compare.md`: one summary line per run, the verdicts, then the figures."""
     lines = [
         "# Comparison of runs",
         "",
@@ -419,7 +419,7 @@ def compare_markdown(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]]
 
 
 def log_report_to_wandb(report: Report) -> bool:
-    """Log the report's figures as `wandb.Image`s and its table as a `wandb.Table` to the active W&B run.
+    """Log the report's figures (`report/figures/<name>`) and its table (`report/equilibration_table`) to the active W&B run.
 
     Returns:
         False when W&B is not installed or no run is active, True once logged.
@@ -430,8 +430,8 @@ def log_report_to_wandb(report: Report) -> bool:
         return False
     if wandb.run is None:
         return False
-    payload = {f"report/{name}": wandb.Image(str(path)) for name, path in report.figures.items()}
-    payload["report/equilibration"] = wandb.Table(dataframe=report.analysis.projections())
+    payload = {f"report/figures/{name}": wandb.Image(str(path)) for name, path in report.figures.items()}
+    payload["report/equilibration_table"] = wandb.Table(dataframe=report.analysis.projections())
     wandb.log(payload)
     wandb.run.summary["report/depth_verdicts"] = "\n".join(report.analysis.verdicts())
     return True

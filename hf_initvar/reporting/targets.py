@@ -28,7 +28,7 @@ def intended_variances(meta: dict[str, Any], run_dir: str | os.PathLike | None =
         run_dir: the run's `output_dir`; its `config.json`, when present, gives the exact model.
 
     Returns:
-        An empty dict when the history records no scheme or the model cannot be rebuilt; the
+        An empty dict when the history records no scheme or the model cannot be rebuilt. The
         reason is logged, and figures are then drawn without target lines.
     """
     scheme = meta.get("init_scheme")

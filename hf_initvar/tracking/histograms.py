@@ -6,8 +6,8 @@ layers' Q/K/V bytes a handful of times per run.
 File format: `<history_dir>/histograms.csv`, one row per bin, columns
 
 - `step`, `layer`, `projection` (q/k/v): which weights;
-- `lower`, `upper`: the bin's edges; the first row of a block has `lower = -inf` (weights below
-  the first edge) and the last `upper = inf` (weights at or above the last edge);
+- `lower`, `upper`: the bin's edges. The first row of a block has `lower = -inf` and counts the
+  weights below the first edge. The last row has `upper = inf` and counts those at or above the last edge.
 - `count`: number of weights in the bin.
 
 The edges of a (layer, projection) are fixed the first time it is recorded: `bins` equal bins
@@ -91,11 +91,11 @@ class HistogramRecorder:
             self._recorded = set(existing["step"].astype(int))
 
     def wants(self, step: int) -> bool:
-        """Whether `step` is one of the recording steps and not yet in the file (a resume may revisit it)."""
+        """Return whether `step` is a recording step not yet in the file (a resume may revisit a step)."""
         return step in self.steps and step not in self._recorded
 
     def compute(self, views: list[ProjectionView], step: int) -> list[tuple]:
-        """Histogram rows of the chosen layers at `step` (every rank calls this; only rank 0 writes)."""
+        """Compute the histogram rows of the chosen layers at `step`. Every rank calls this, and only rank 0 writes."""
         rows = []
         for view in views:
             if view.layer not in self.layers:
@@ -132,7 +132,7 @@ class HistogramRecorder:
 
 def _bin_counts(values: torch.Tensor, edges: np.ndarray) -> np.ndarray:
     """Counts below edges[0], in each of the len(edges)-1 bins, and at or above edges[-1]."""
-    edge_tensor = torch.as_tensor(edges, dtype=values.dtype, device=values.device)
+    edge_tensor = torch.tensor(edges, dtype=values.dtype, device=values.device)
     # bucketize(right=True) gives i such that edges[i-1] <= v < edges[i]: 0 is the underflow bin,
     # len(edges) the overflow bin, so one bincount covers both open ends.
     index = torch.bucketize(values, edge_tensor, right=True)
