@@ -103,6 +103,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from hf_initvar.reporting.mlp_plots import draw_sweep_figures, log_sweep_to_wandb
 
     started = time.perf_counter()
+    _set_threads(args.num_threads)
     try:
         config = dataclass_from_args(SweepConfig, args)
         summary = run_sweep(config, args.output_dir, progress=not args.no_progress)
@@ -147,6 +148,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     from hf_initvar.reporting.mlp_plots import draw_compare_figures
 
     started = time.perf_counter()
+    _set_threads(args.num_threads)
     try:
         config = dataclass_from_args(CompareConfig, args)
         summary = run_compare(config, args.output_dir, progress=not args.no_progress)
@@ -171,6 +173,17 @@ def _add_experiment_output_arguments(parser: argparse.ArgumentParser, default_di
         help="also log to these trackers; W&B runs offline without credentials (default: none)",
     )
     parser.add_argument("--wandb_project", default="hf-initvar", help="W&B project name (default: hf-initvar)")
+    parser.add_argument(
+        "--num_threads", type=int, default=None,
+        help="torch intra-op threads; 1 can be several times faster on a machine whose cores are busy (default: torch's)",
+    )
+
+
+def _set_threads(num_threads: int | None) -> None:
+    if num_threads is not None:
+        import torch
+
+        torch.set_num_threads(num_threads)
 
 
 def _add_equilibration_rule_arguments(parser: argparse.ArgumentParser) -> None:

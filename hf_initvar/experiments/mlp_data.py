@@ -139,10 +139,10 @@ def _load_hub_images(name: str) -> tuple[np.ndarray, np.ndarray]:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as error:  # datasets raises several unrelated types for "not found" and "offline"
         close = difflib.get_close_matches(name, SKLEARN_DATASETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"could not load dataset {name!r} with datasets.load_dataset ({type(error).__name__}: {error}). "
-            f"The bundled datasets {list(SKLEARN_DATASETS)} need no download.{hint}"
+            f"could not load dataset {name!r} with datasets.load_dataset ({type(error).__name__}: {error}){hint} "
+            f"The bundled datasets {list(SKLEARN_DATASETS)} need no download."
         ) from error
 
     image_column = next((c for c in ("image", "img", "pixel_values") if c in dataset.column_names), None)

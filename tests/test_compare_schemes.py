@@ -1,0 +1,108 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_initvar.cli import main as cli_main
+from hf_initvar.experiments.compare import (
+    CompareConfig,
+    format_summary_table,
+    run_compare,
+    steps_to_threshold,
+    trailing_mean,
+)
+from hf_initvar.reporting.mlp_plots import draw_compare_figures
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny matmuls: a second intra-op thread only waits for a core on a loaded machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("compare")
+    config = CompareConfig(
+        schemes=["kaiming_normal", "xavier_normal"], seeds=[0, 1, 2], hidden_size=32, num_hidden_layers=6,
+        learning_rate=0.05, epochs=4, loss_threshold=1.5,
+    )
+    return run_compare(config, output_dir, progress=False), output_dir
+
+
+def test_kaiming_keeps_signal_and_xavier_shrinks_it(tiny_compare):
+    summary, _ = tiny_compare
+    kaiming = summary["schemes"]["kaiming_normal"]
+    xavier = summary["schemes"]["xavier_normal"]
+
+    # Hidden layers 32 -> 32: Kaiming std sqrt(2/32), Xavier sqrt(2/64); 3 seeds x 1024 draws each.
+    tolerance = 5 * 0.25 / math.sqrt(2 * 3 * 1024)
+    assert kaiming["hidden_weight_std"] == pytest.approx(math.sqrt(2 / 32), abs=tolerance)
+    assert xavier["hidden_weight_std"] == pytest.approx(math.sqrt(1 / 32), abs=tolerance)
+    # Over 7 weight layers a variance-1/n init shrinks ReLU signals by about 2**-3.5 relative to Kaiming.
+    ratio = xavier["output_rms_ratio_at_init"] / kaiming["output_rms_ratio_at_init"]
+    assert 2**-3.5 / 3 < ratio < 2**-3.5 * 3
+
+
+def test_kaiming_reaches_threshold_first(tiny_compare):
+    summary, _ = tiny_compare
+    kaiming = summary["schemes"]["kaiming_normal"]["steps_to_threshold"]
+    xavier = summary["schemes"]["xavier_normal"]["steps_to_threshold"]
+
+    assert kaiming["reached"] == 3
+    assert xavier["reached"] == 0 or xavier["mean"] > kaiming["mean"]
+
+
+def test_curve_interval_brackets_mean(tiny_compare):
+    summary, _ = tiny_compare
+
+    for scheme in summary["schemes"].values():
+        mean = np.asarray(scheme["curve_mean"])
+        assert np.all(np.asarray(scheme["curve_ci_low"]) <= mean + 1e-12)
+        assert np.all(np.asarray(scheme["curve_ci_high"]) >= mean - 1e-12)
+        assert len(mean) == summary["steps_per_epoch"] * 4
+
+
+def test_outputs_table_json_and_plot(tiny_compare):
+    summary, output_dir = tiny_compare
+
+    assert json.loads((output_dir / "compare.json").read_text())["config"]["seeds"] == [0, 1, 2]
+    assert (output_dir / "curves.csv").read_text().count("\n") == 1 + 2 * 3 * len(summary["schemes"]["kaiming_normal"]["curve_mean"])
+    assert "| kaiming_normal |" in (output_dir / "summary.md").read_text()
+    assert format_summary_table(summary).count("\n") == 3
+    (path,) = draw_compare_figures(output_dir)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trailing_mean_over_window():
+    losses = np.array([[4.0], [2.0], [0.0], [6.0]])
+
+    np.testing.assert_allclose(trailing_mean(losses, 2)[:, 0], [4.0, 3.0, 1.0, 3.0])
+
+
+def test_trailing_mean_stays_nan_after_divergence():
+    losses = np.array([[1.0], [np.nan], [1.0], [1.0]])
+
+    assert np.isnan(trailing_mean(losses, 2)[1:, 0]).all()
+
+
+def test_steps_to_threshold_is_first_crossing():
+    assert steps_to_threshold(np.array([3.0, 2.0, 0.5, 0.1]), 1.0) == 3
+    assert steps_to_threshold(np.array([3.0, 2.0]), 1.0) is None
+
+
+def test_single_seed_is_rejected():
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        CompareConfig(seeds=[0])
+
+
+def test_cli_compare_reports_unknown_scheme(tmp_path, capsys):
+    code = cli_main(["compare", "--output_dir", str(tmp_path), "--schemes", "kaiming_normall"])
+
+    assert code == 2
+    assert "did you mean 'kaiming_normal'" in capsys.readouterr().err
