@@ -27,7 +27,8 @@ from transformers.trainer_callback import CallbackHandler
 from hf_initvar.tracking.histograms import HistogramRecorder
 from hf_initvar.tracking.history import HistoryWriter, read_logged_steps
 from hf_initvar.tracking.layouts import AttentionLayout, detect_layout
-from hf_initvar.tracking.stats import compute_moments, moments_to_statistics, row_keys
+from hf_initvar.tracking.shards import ShardPlan
+from hf_initvar.tracking.stats import moments_to_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ class VarianceCallback(TrainerCallback):
         )
 
         self._layout: AttentionLayout | None = None
+        self._plan: ShardPlan | None = None
         self._keys: list[tuple[int, str, int]] = []
-        self._moments: torch.Tensor | None = None
         self._writer: HistoryWriter | None = None
         self._reporters: list[TrainerCallback] = []
         self._last_step: int | None = None
@@ -101,9 +102,8 @@ class VarianceCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         self._layout = detect_layout(model)
-        self._keys = row_keys(self._layout, self.per_head)
-        device = self._layout.views()[0].weight.device
-        self._moments = torch.zeros((len(self._keys), 3), dtype=torch.float64, device=device)
+        self._plan = ShardPlan(model, self._layout, self.per_head)
+        self._keys = self._plan.keys
         self._reporters = _find_reporters(self) if self.report else []
 
         if state.is_world_process_zero:
@@ -113,12 +113,13 @@ class VarianceCallback(TrainerCallback):
                 _restore_history_from_checkpoint(args, state, directory)
             self._writer = HistoryWriter(directory, self._meta(model), resume_step=resume_step)
             logger.info(
-                "VarianceCallback: tracking Q/K/V of %d layers x 3 projections%s (%s layout) every %d steps "
-                "into %s; reporting to %s",
+                "VarianceCallback: tracking Q/K/V of %d layers x 3 projections%s (%s layout) every %d steps, "
+                "%s, into %s; reporting to %s",
                 self._layout.n_layer,
                 f" x {self._layout.n_head} heads" if self.per_head else "",
                 self._layout.name,
                 self.every_n_steps,
+                self._plan.describe(),
                 directory,
                 [type(reporter).__name__ for reporter in self._reporters] or "no reporter",
             )
@@ -161,12 +162,12 @@ class VarianceCallback(TrainerCallback):
     # One logged step
 
     def _log_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model) -> None:
-        compute_moments(self._layout.views(), self.per_head, self._moments)
+        merged = self._plan.compute(computes_here=state.is_world_process_zero)
         self._last_step = state.global_step
-        if self._writer is None or state.global_step in self._writer.logged_steps:
+        if merged is None or self._writer is None or state.global_step in self._writer.logged_steps:
             return
 
-        moments = self._moments.cpu().numpy()  # the one host synchronization of this step
+        moments = merged.cpu().numpy()  # the one host synchronization of this step
         statistics = moments_to_statistics(moments)
         statistics["count"] = moments[:, 0]
         self._writer.append(state.global_step, self._keys, statistics)

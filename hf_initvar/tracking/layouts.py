@@ -194,6 +194,14 @@ def qualified_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """Return the module inside FSDP1 and activation-checkpointing wrappers (or `module` itself)."""
+    for attribute in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module"):
+        while hasattr(module, attribute) and isinstance(getattr(module, attribute), nn.Module):
+            module = getattr(module, attribute)
+    return module
+
+
 def _base_model(model: nn.Module) -> nn.Module:
     """The model without its task head (`GPT2LMHeadModel.transformer`, `LlamaForCausalLM.model`, …)."""
     prefix = getattr(model, "base_model_prefix", "")
@@ -208,7 +216,7 @@ def _separate_projections(
     placements = []
     for layer, attention in enumerate(attentions):
         for projection, attribute in zip(PROJECTIONS, attributes):
-            module = getattr(attention, attribute)
+            module = unwrap(getattr(attention, attribute))
             placements.append(
                 ProjectionPlacement(
                     layer=layer,
@@ -238,7 +246,7 @@ def gpt2_layout(model: nn.Module) -> AttentionLayout:
     names = qualified_names(model)
     placements = []
     for layer, block in enumerate(_base_model(model).h):
-        module = block.attn.c_attn
+        module = unwrap(block.attn.c_attn)
         for index, projection in enumerate(PROJECTIONS):
             placements.append(
                 ProjectionPlacement(
@@ -270,7 +278,7 @@ def gpt_neox_layout(model: nn.Module) -> AttentionLayout:
     names = qualified_names(model)
     placements = []
     for layer, block in enumerate(_base_model(model).layers):
-        module = block.attention.query_key_value
+        module = unwrap(block.attention.query_key_value)
         for index, projection in enumerate(PROJECTIONS):
             placements.append(
                 ProjectionPlacement(

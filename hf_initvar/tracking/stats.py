@@ -26,10 +26,10 @@ def row_keys(layout: AttentionLayout, per_head: bool) -> list[tuple[int, str, in
     `head` is -1 for the row over the whole projection.
     """
     keys = []
-    for view in layout.views():
-        keys.append((view.layer, view.projection, -1))
+    for placement in layout.placements:
+        keys.append((placement.layer, placement.projection, -1))
         if per_head:
-            keys.extend((view.layer, view.projection, head) for head in range(view.weight.shape[0]))
+            keys.extend((placement.layer, placement.projection, head) for head in range(placement.n_heads))
     return keys
 
 
