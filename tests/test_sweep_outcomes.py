@@ -71,7 +71,7 @@ def test_diverged_runs_never_report_a_finite_loss(tiny_sweep):
             assert row["train_loss"] == "nan"
 
 
-def test_results_files_are_strict_json_and_one_csv_row_per_run(tiny_sweep):
+def test_result_files_json_and_csv(tiny_sweep):
     summary, output_dir = tiny_sweep
 
     strict = json.loads((output_dir / "sweep.json").read_text(), parse_constant=lambda c: pytest.fail(f"found {c}"))

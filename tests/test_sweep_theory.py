@@ -18,7 +18,7 @@ def test_critical_std_is_kaiming_fan_in():
     assert critical_std(256) == pytest.approx(math.sqrt(2 / 256))
 
 
-def test_band_for_equal_fans_is_critical_std_times_tolerance_root():
+def test_equal_fans_band_formula():
     # Input width n/2 makes the first layer's factor n/2 * s^2 equal the ReLU layers' n s^2 / 2,
     # so every layer has critical std sqrt(2/n) and the band is s* R^(+-1/L).
     n, num_layers, tolerance = 128, 5, 100.0

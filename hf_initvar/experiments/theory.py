@@ -34,7 +34,7 @@ def predicted_activation_variance(
 
     Returns:
         Array `(S, L)` (or `(L,)` for a scalar std) of variances, layer 0 first, the logits last.
-        The first layer sees the raw input, so its factor has no ReLU halving.
+        The first layer takes the raw input, so its factor has no ReLU halving.
     """
     stds = np.atleast_1d(np.asarray(std, dtype=np.float64))
     variances = np.empty((stds.size, len(layer_sizes) - 1))

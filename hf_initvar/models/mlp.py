@@ -90,7 +90,7 @@ class ReluMLP(PreTrainedModel):
 
     `forward(features, labels=None)` takes `features` of shape `(batch, input_size)` and returns a
     `SequenceClassifierOutput` whose `loss` is the mean cross-entropy when `labels` are given. With
-    `output_hidden_states=True`, `hidden_states` holds each linear layer's output before the
+    `output_hidden_states=True`, `hidden_states` contains each linear layer's output before the
     activation (the pre-activations), layer 0 first and the logits last.
     """
 
