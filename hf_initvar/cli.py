@@ -189,7 +189,7 @@ def _set_threads(num_threads: int | None) -> None:
 def _add_equilibration_rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=0.05, help="relative half-width of the band (default: 0.05, i.e. ±5%%)")
     parser.add_argument("--final_fraction", type=float, default=0.2, help="share of the run that forms the band window (default: 0.2)")
-    parser.add_argument("--early_fraction", type=float, default=0.1, help="share of the run for the early growth fit (default: 0.1)")
+    parser.add_argument("--early_fraction", type=float, default=0.2, help="share of the run for the early growth fit (default: 0.2)")
     parser.add_argument("--smooth", type=int, default=1, help="points of the rolling median before the band test, odd (default: 1, none)")
 
 

@@ -125,3 +125,11 @@ def test_projection_history_has_no_head_spread():
 
     assert analysis.head_spread is None
     assert not analysis.verdicts(per_head=True)
+
+
+def test_higher_deep_bands_give_band_verdict():
+    analysis = analyze_history(history({(layer, "q", -1): approach(30.0, band=BAND * (1 + 0.2 * layer)) for layer in range(6)}))
+
+    result = trend(analysis, "band_median", "q")
+    assert result.rho == pytest.approx(1.0)
+    assert "deeper layers end at a higher variance" in result.verdict

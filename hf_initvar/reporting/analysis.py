@@ -69,7 +69,7 @@ class EquilibrationRule:
 
     tolerance: float = 0.05
     final_fraction: float = 0.2
-    early_fraction: float = 0.1
+    early_fraction: float = 0.2
     smooth: int = 1
 
     def __post_init__(self) -> None:
@@ -116,7 +116,8 @@ class DepthTrend:
     """Spearman rank correlation between layer index and a per-layer quantity.
 
     Attributes:
-        quantity: `growth_rate` (correlated as |rate|, the speed of change) or `equilibration_step`.
+        quantity: `growth_rate` (correlated as |rate|, the speed of change), `equilibration_step`,
+            or `band_median` (the variance the layer ends at).
         projection: `q`, `k`, `v`, or `all` (every projection pooled).
         per_head: True when computed over per-head series.
         rho: Spearman's ρ (NaN when one of the two has no spread).
@@ -294,7 +295,7 @@ def _rolling_median(values: np.ndarray, points: int) -> np.ndarray:
 
 
 def depth_trends(table: pd.DataFrame, last_step: int, per_head: bool) -> list[DepthTrend]:
-    """Correlate layer index with |growth rate| and with equilibration step (Spearman ρ).
+    """Correlate layer index with |growth rate|, equilibration step and band median (Spearman ρ).
 
     Per projection and pooled over projections. A series that did not equilibrate is ranked
     after every series that did (its settling step is censored at `last_step + 1`).
@@ -307,6 +308,7 @@ def depth_trends(table: pd.DataFrame, last_step: int, per_head: bool) -> list[De
         trends.append(_trend("growth_rate", projection, per_head, layers, speed, settled=None))
         settle = rows["equilibration_step"].fillna(last_step + 1).to_numpy(dtype=float)
         trends.append(_trend("equilibration_step", projection, per_head, layers, settle, settled=rows["settled"].to_numpy()))
+        trends.append(_trend("band_median", projection, per_head, layers, rows["band_median"].to_numpy(dtype=float), settled=None))
     return trends
 
 
@@ -318,20 +320,22 @@ def _trend(quantity: str, projection: str, per_head: bool, layers: np.ndarray, v
     if settled is not None and not settled.any():
         return DepthTrend(quantity, projection, per_head, math.nan, math.nan, n, f"{label}: no series equilibrated within the run")
     if n < 3 or np.ptp(layers) == 0 or np.ptp(values) == 0:
-        what = "speed of early change" if quantity == "growth_rate" else "equilibration step"
+        what = {"growth_rate": "speed of early change", "equilibration_step": "equilibration step", "band_median": "band"}[quantity]
         return DepthTrend(quantity, projection, per_head, math.nan, math.nan, n, f"{label}: no depth order, the {what} does not vary across layers")
 
     rho, p_value = stats.spearmanr(layers, values)
     rho, p_value = float(rho), float(p_value)
     numbers = f"ρ = {rho:+.2f}, p = {p_value:.2g}, n = {n}"
     if p_value >= SIGNIFICANCE:
-        what = "early change" if quantity == "growth_rate" else "equilibration"
+        what = {"growth_rate": "early change", "equilibration_step": "equilibration", "band_median": "the band"}[quantity]
         return DepthTrend(quantity, projection, per_head, rho, p_value, n, f"{label}: no clear depth order in {what} ({numbers})")
     if quantity == "growth_rate":
         # ρ is taken against |rate|: a negative ρ means the rate falls with depth.
         finding = "shallow layers change faster early on" if rho < 0 else "deep layers change faster early on"
-    else:
+    elif quantity == "equilibration_step":
         finding = "shallow layers equilibrate first" if rho > 0 else "deep layers equilibrate first"
+    else:
+        finding = "deeper layers end at a higher variance" if rho > 0 else "deeper layers end at a lower variance"
     return DepthTrend(quantity, projection, per_head, rho, p_value, n, f"{label}: {finding} ({numbers})")
 
 

@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # files only: training hosts rarely have a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from hf_initvar.reporting.analysis import EquilibrationAnalysis, EquilibrationRule, analyze_history, weight_rows  # noqa: E402
 from hf_initvar.reporting.figures import PROJECTION_TITLES, _title, draw_variance_curves, draw_variance_heatmap, variance_grid  # noqa: E402
@@ -138,6 +139,7 @@ def draw_equilibration(analysis: EquilibrationAnalysis, path: Path, title: str, 
     axes[2].set_ylabel("weight variance")
     for axis in axes:
         axis.set_xlabel("layer")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize="small")
     figure.suptitle(title)
@@ -162,6 +164,7 @@ def draw_head_bands(analysis: EquilibrationAnalysis, path: Path, title: str) -> 
         axis.set_yscale("log")
         axis.set_title(PROJECTION_TITLES[projection])
         axis.set_xlabel("layer")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("band median of the variance")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
@@ -382,6 +385,7 @@ def draw_compare_equilibration(runs: list[tuple[str, pd.DataFrame, Equilibration
         axes[1][column].set_title(f"{PROJECTION_TITLES[projection]}: band median")
         axes[1][column].set_yscale("log")
         axes[1][column].set_xlabel("layer")
+        axes[1][column].xaxis.set_major_locator(MaxNLocator(integer=True))
         for row in range(2):
             axes[row][column].grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("optimizer step")
