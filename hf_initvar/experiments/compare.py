@@ -26,8 +26,8 @@ import torch
 from hf_initvar.experiments.batched import StackedMLP, TrainingSchedule, init_statistics, train_stacked
 from hf_initvar.experiments.mlp_data import load_classification_data
 from hf_initvar.experiments.sweep import (
-    _finite_or_none,
-    _fixed_batch,
+    finite_or_none,
+    fixed_init_batch,
     evaluate_stacked,
     mean_confidence_interval,
     t95_quantile,
@@ -116,7 +116,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, pro
     stacked = StackedMLP(models)
     del models
 
-    fixed_batch = _fixed_batch(data, 256)
+    fixed_batch = fixed_init_batch(data, 256)
     statistics = init_statistics(stacked, *fixed_batch)
     output_rms_ratio = (statistics["activation_variance"][:, -1] / statistics["input_second_moment"]).sqrt()
 
@@ -198,9 +198,9 @@ def _summarize_scheme(
         "seeds": [grid[i][1] for i in columns],
         "hidden_weight_std": float(np.mean([hidden_stds[i] for i in columns])),
         "output_rms_ratio_at_init": float(output_rms_ratio[columns].mean()),
-        "curve_mean": [_finite_or_none(v) for v in mean],
-        "curve_ci_low": [_finite_or_none(v) for v in mean - half_width],
-        "curve_ci_high": [_finite_or_none(v) for v in mean + half_width],
+        "curve_mean": [finite_or_none(v) for v in mean],
+        "curve_ci_low": [finite_or_none(v) for v in mean - half_width],
+        "curve_ci_high": [finite_or_none(v) for v in mean + half_width],
         "steps_to_threshold": {
             "per_seed": steps,
             "reached": len(reached),
@@ -208,7 +208,7 @@ def _summarize_scheme(
             "ci_low": steps_low,
             "ci_high": steps_high,
         },
-        "final_train_loss": {"per_seed": [_finite_or_none(v) for v in curves[-1]]},
+        "final_train_loss": {"per_seed": [finite_or_none(v) for v in curves[-1]]},
         "final_test_accuracy": {
             "per_seed": [test_metrics[i]["accuracy"] for i in columns],
             "mean": accuracy_mean,

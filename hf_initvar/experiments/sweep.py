@@ -148,7 +148,7 @@ def run_sweep(config: SweepConfig, output_dir: str | Path | None = None, progres
         config.dataset, test_fraction=config.test_fraction, seed=config.split_seed, max_samples=config.max_samples
     )
     stds = config.stds()
-    fixed_batch = _fixed_batch(data, config.init_batch_size)
+    fixed_batch = fixed_init_batch(data, config.init_batch_size)
     layer_sizes = config.model_config(data.num_features, data.num_classes, 1.0).layer_sizes
 
     runs: list[dict] = []
@@ -222,10 +222,10 @@ def _run_optimizer(
             "std": std,
             "seed": seed,
             "learning_rate": schedule.learning_rate,
-            "activation_variance": [_finite_or_none(v) for v in activation_variance],
-            "gradient_variance": [_finite_or_none(v) for v in statistics["gradient_variance"][index].numpy()],
-            "output_rms_ratio": _finite_or_none(output_rms_ratio),
-            "loss_curve": [_finite_or_none(v) for v in losses],
+            "activation_variance": [finite_or_none(v) for v in activation_variance],
+            "gradient_variance": [finite_or_none(v) for v in statistics["gradient_variance"][index].numpy()],
+            "output_rms_ratio": finite_or_none(output_rms_ratio),
+            "loss_curve": [finite_or_none(v) for v in losses],
             "train_loss": train_metrics[index]["cross_entropy"],
             "train_accuracy": train_metrics[index]["accuracy"],
             "test_loss": test_metrics[index]["cross_entropy"],
@@ -287,7 +287,7 @@ def evaluate_stacked(stacked: StackedMLP, features: torch.Tensor, labels: torch.
             if finite
             else None
         )
-        results.append({"cross_entropy": _finite_or_none(loss), "accuracy": accuracy})
+        results.append({"cross_entropy": finite_or_none(loss), "accuracy": accuracy})
     return results
 
 
@@ -383,13 +383,14 @@ def _theory_summary(config: SweepConfig, layer_sizes: list[int], stds: np.ndarra
     }
 
 
-def _fixed_batch(data: ClassificationData, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # The same samples for every run: the first `size` of a fixed permutation of the training split.
+def fixed_init_batch(data: ClassificationData, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the batch the initialization statistics use: the first `size` samples of a fixed permutation of the training split."""
     order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))[:size]
     return data.train_features[order], data.train_labels[order]
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """Return `value` as a float, or None when it is NaN or infinite (JSON has no NaN)."""
     value = float(value)
     return value if math.isfinite(value) else None
 
