@@ -186,3 +186,47 @@ def test_resume_keeps_one_row_per_step(tiny_gpt2, tmp_path):
         first_run.sort_values(["step", "layer", "projection"])["variance"].to_numpy(),
         rtol=1e-5,
     )
+
+
+def _resume_arguments(output_dir, **overrides):
+    arguments = dict(
+        output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2,
+        save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    arguments.update(overrides)
+    return TrainingArguments(**arguments)
+
+
+def test_resume_into_new_output_dir_restores_history(tiny_gpt2, tmp_path):
+    reference = copy.deepcopy(tiny_gpt2)
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    _train(tiny_gpt2, first_dir, VarianceCallback(figures=False), max_steps=6, save_strategy="steps", save_steps=3)
+    first_run, _ = load_history(first_dir)
+    assert (first_dir / "checkpoint-3" / "variance" / "history.csv").is_file()
+
+    trainer = Trainer(model=reference, args=_resume_arguments(second_dir), train_dataset=_blocks(), callbacks=[VarianceCallback(figures=False)])
+    trainer.train(resume_from_checkpoint=str(first_dir / "checkpoint-3"))
+    resumed, _ = load_history(second_dir)
+
+    assert resumed.groupby("step").size().to_dict() == {step: 9 for step in range(7)}
+    np.testing.assert_allclose(
+        resumed.sort_values(["step", "layer", "projection"])["variance"].to_numpy(),
+        first_run.sort_values(["step", "layer", "projection"])["variance"].to_numpy(),
+        rtol=1e-5,
+    )
+
+
+def test_restored_callback_keeps_its_arguments(tiny_gpt2, tmp_path):
+    reference = copy.deepcopy(tiny_gpt2)
+    _train(tiny_gpt2, tmp_path, VarianceCallback(every_n_steps=2, per_head=True, figures=False), max_steps=6, save_strategy="steps", save_steps=3)
+    # The resumed Trainer gets a default callback; restoring callback states brings back the saved one.
+    arguments = _resume_arguments(tmp_path, restore_callback_states_from_checkpoint=True)
+    trainer = Trainer(model=reference, args=arguments, train_dataset=_blocks(), callbacks=[VarianceCallback(figures=False)])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    [callback] = [c for c in trainer.callback_handler.callbacks if isinstance(c, VarianceCallback)]
+    resumed, meta = load_history(tmp_path)
+
+    assert callback.every_n_steps == 2
+    assert callback.per_head is True
+    assert meta["per_head"] is True
+    assert resumed.groupby("step").size().to_dict() == {step: 3 * 3 * (1 + 3) for step in (0, 2, 4, 6)}

@@ -7,8 +7,11 @@ Events used:
 - `on_save`: copy the history next to the checkpoint, so a resume finds it.
 - `on_train_end`: log the last step if the interval skipped it, close the history, draw the figures.
 
-Persisted state: the history folder (`history.csv`, `meta.json`, figures); the callback keeps no
-state in `trainer_state.json`.
+Persisted state: the history folder (`history.csv`, `meta.json`, figures), copied into every
+checkpoint. On `resume_from_checkpoint` the checkpoint's copy replaces the history in the output
+folder, which drops rows that a crashed run wrote after that checkpoint. The constructor arguments
+are stored in `trainer_state.json` (`ExportableState`), so a Trainer with
+`restore_callback_states_from_checkpoint=True` recreates the callback as it was.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import CallbackHandler
+from transformers.trainer_callback import CallbackHandler, ExportableState
 
 from hf_initvar.tracking.histograms import HistogramRecorder
 from hf_initvar.tracking.history import HistoryWriter, read_logged_steps
@@ -42,7 +45,7 @@ def metric_key(statistic: str, layer: int, projection: str, head: int = -1) -> s
     return key if head < 0 else f"{key}/head_{head:02d}"
 
 
-class VarianceCallback(TrainerCallback):
+class VarianceCallback(TrainerCallback, ExportableState):
     """Log the variance, std, mean and RMS of every layer's Q, K and V weights during training.
 
     Statistics are taken at step 0 (before any update) and every `every_n_steps` optimizer steps,
@@ -78,6 +81,8 @@ class VarianceCallback(TrainerCallback):
         histogram_layers: list[int] | None = None,
         histogram_bins: int = 80,
     ):
+        # Kept for `state()`, so a Trainer restoring callbacks from a checkpoint rebuilds this one.
+        self._constructor_args = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}; use 1 to log every step")
         self.every_n_steps = every_n_steps
@@ -110,7 +115,7 @@ class VarianceCallback(TrainerCallback):
             directory = self._resolve_history_dir(args)
             resume_step = state.global_step if state.global_step > 0 else None
             if resume_step is not None:
-                _restore_history_from_checkpoint(args, state, directory)
+                _restore_history_from_checkpoint(_resumed_checkpoint(args, state), state, directory)
             self._writer = HistoryWriter(directory, self._meta(model), resume_step=resume_step)
             logger.info(
                 "VarianceCallback: tracking Q/K/V of %d layers x 3 projections%s (%s layout) every %d steps, "
@@ -125,8 +130,11 @@ class VarianceCallback(TrainerCallback):
             )
 
         # On a resume the checkpoint's step may already be in the history; `_log_step` skips the
-        # write then, but every rank still computes, so sharded reductions stay in lockstep.
-        self._log_step(args, state, control, model)
+        # write then, but every rank still computes, so sharded reductions stay in lockstep. A
+        # resumed step off the interval is not logged, so a resumed run logs the same steps as an
+        # uninterrupted one.
+        if state.global_step % self.every_n_steps == 0:
+            self._log_step(args, state, control, model)
         if self._histograms is not None:
             self._histograms.open(self._resolve_history_dir(args), self._layout.n_layer)
             self._record_histograms(state)
@@ -158,6 +166,10 @@ class VarianceCallback(TrainerCallback):
 
             for path in draw_history_figures(self._writer.directory):
                 logger.info("VarianceCallback: wrote %s", path)
+
+    def state(self) -> dict[str, Any]:
+        """The constructor arguments, stored in `trainer_state.json` with every checkpoint."""
+        return {"args": dict(self._constructor_args), "attributes": {}}
 
     # One logged step
 
@@ -243,12 +255,41 @@ def _find_reporters(callback: TrainerCallback) -> list[TrainerCallback]:
     return [other for other in handler.callbacks if isinstance(other, reporter_types) and other is not callback]
 
 
-def _restore_history_from_checkpoint(args: TrainingArguments, state: TrainerState, directory: Path) -> None:
-    """On resume, take the checkpoint's copy of the history when the output folder has none."""
-    if (directory / "history.csv").exists():
-        return
-    saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / HISTORY_DIRNAME
+def _resumed_checkpoint(args: TrainingArguments, state: TrainerState) -> Path:
+    """Return the checkpoint folder the Trainer is resuming from.
+
+    `Trainer.train(resume_from_checkpoint=...)` does not hand the path to callbacks; its resolved
+    value is a local of the `train` call that dispatched this event, so it is read from the stack.
+    Without one, the checkpoint of the resumed step in `output_dir` is assumed.
+    """
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), Trainer):
+            checkpoint = frame.f_locals.get("resume_from_checkpoint")
+            if isinstance(checkpoint, (str, Path)):
+                return Path(checkpoint)
+        frame = frame.f_back
+    if isinstance(args.resume_from_checkpoint, str):
+        return Path(args.resume_from_checkpoint)
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
+
+
+def _restore_history_from_checkpoint(checkpoint: Path, state: TrainerState, directory: Path) -> None:
+    """On resume, replace the history with the checkpoint's copy, which ends at the resumed step.
+
+    Without a copy in the checkpoint, the history in `directory` is kept, and `HistoryWriter`
+    drops its rows past the resumed step.
+    """
+    saved = checkpoint / HISTORY_DIRNAME
     if (saved / "history.csv").exists():
+        directory.mkdir(parents=True, exist_ok=True)
         shutil.copytree(saved, directory, dirs_exist_ok=True)
-    if not read_logged_steps(directory):
+        logger.info("VarianceCallback: restored the history of %s (up to step %d)", checkpoint, state.global_step)
+    elif read_logged_steps(directory):
+        logger.warning(
+            "VarianceCallback: %s holds no history copy; keeping %s up to step %d", checkpoint, directory, state.global_step
+        )
+    else:
         logger.warning("VarianceCallback: resumed at step %d with no saved history; starting a new one", state.global_step)
