@@ -183,13 +183,17 @@ def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, tar
     for row, layer in enumerate(layers):
         for column, projection in enumerate(PROJECTION_TITLES):
             axis = axes[row][column]
+            outside_by_step = {}
             for index, step in enumerate(steps):
                 block = histograms[(histograms["layer"] == layer) & (histograms["projection"] == projection) & (histograms["step"] == step)]
                 if block.empty:
                     continue
-                centers, density, outside = histogram_density(block)
-                label = f"step {step}" + (f" ({outside:.1%} outside)" if outside > 0.001 else "")
-                axis.plot(centers, density, color=colormap(index / max(len(steps) - 1, 1)), linewidth=1.1, label=label)
+                centers, density, outside_by_step[step] = histogram_density(block)
+                axis.plot(centers, density, color=colormap(index / max(len(steps) - 1, 1)), linewidth=1.1, label=f"step {step}")
+            if outside_by_step:
+                # Weights past the fixed bins are not drawn, so say how many there are.
+                last = max(outside_by_step)
+                axis.text(0.02, 0.95, f"outside the bins at step {last}: {outside_by_step[last]:.1%}", transform=axis.transAxes, fontsize="small", va="top")
             if (layer, projection) in targets and targets[(layer, projection)] > 0:
                 std = math.sqrt(targets[(layer, projection)])
                 grid = np.linspace(-4 * std, 4 * std, 200)
@@ -202,7 +206,7 @@ def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, tar
         axes[row][0].set_ylabel("density")
         axes[row][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     figure.suptitle(title + " — weight distributions")
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=75)
     plt.close(figure)
     return path
 

@@ -11,7 +11,7 @@ File format: `<history_dir>/histograms.csv`, one row per bin, columns
 - `count`: number of weights in the bin.
 
 The edges of a (layer, projection) are fixed the first time it is recorded: `bins` equal bins
-over `±range_in_std` times the std it has then (or `±half_width` when given), so every later
+over `±range_in_std` (default 10) times the std it has then (or `±half_width` when given), so every later
 snapshot of that projection shares its bins and the snapshots overlay directly. Counts are
 exact; weights that drift outside the range land in the two open-ended bins.
 """
@@ -53,7 +53,7 @@ class HistogramRecorder:
         layers: Iterable[int],
         steps: Iterable[int],
         bins: int = 80,
-        range_in_std: float = 6.0,
+        range_in_std: float = 10.0,
         half_width: float | None = None,
     ):
         self.layers = sorted({int(layer) for layer in layers})
