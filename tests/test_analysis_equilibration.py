@@ -1,4 +1,4 @@
-"""The equilibration analysis on synthetic histories whose answers are known in closed form."""
+"""The equilibration analysis on synthetic histories with closed-form settling steps, bands and rates."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def test_histograms_recorded_only_at_chosen_steps(tiny_run):
     assert sorted(frame["step"].unique()) == [0, 3, 6]
     assert sorted(frame["layer"].unique()) == [0, 1]  # the tiny preset has 2 layers; -1 is layer 1
     totals = frame.groupby(["step", "layer", "projection"])["count"].sum()
-    # tiny preset: width 32, so each of Q, K and V holds 32 x 32 weights.
+    # tiny preset: width 32, so each of Q, K and V has 32 x 32 weights.
     assert (totals == 32 * 32).all()
 
 
