@@ -1,6 +1,7 @@
 import copy
 import glob
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_initvar import VarianceCallback
 from hf_initvar.tracking.history import load_history
-from hf_initvar.tracking.layouts import detect_layout
+from hf_initvar.tracking.layouts import ProjectionView, detect_layout
 from hf_initvar.tracking.stats import compute_moments, moments_to_statistics, row_keys
 from wandb_records import read_history
 
@@ -44,7 +45,8 @@ def _train(model, output_dir, callback, report_to="none", **overrides):
 def _reference_statistics(model):
     layout = detect_layout(model)
     out = torch.zeros((layout.n_rows, 3), dtype=torch.float64)
-    return row_keys(layout, False), moments_to_statistics(compute_moments(layout.views(), False, out).numpy())
+    views = [ProjectionView(view.layer, view.projection, view.weight.detach().double()) for view in layout.views()]
+    return row_keys(layout, False), moments_to_statistics(compute_moments(views, False, out).numpy())
 
 
 def test_rows_at_step_zero_and_every_step_match_weights(tiny_gpt2, tmp_path):
@@ -130,6 +132,21 @@ def test_tensorboard_events_hold_per_layer_keys(tiny_gpt2, tmp_path, monkeypatch
     assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4]
 
 
+def _read_finished_run(directory, last_step, timeout=60.0):
+    """Read the offline run's history once W&B's service process has written its last step.
+
+    `wandb.finish()` can return before the service flushes the run file (seen with wandb 0.31 on
+    a loaded machine), so the file is read until it holds `last_step` or `timeout` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        [run_file] = glob.glob(str(directory / "wandb" / "offline-run-*" / "*.wandb"))
+        rows = read_history(run_file)
+        if any(row.get("train/global_step") == last_step for row in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
 def test_wandb_offline_run_holds_per_layer_keys(tiny_gpt2, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -138,8 +155,7 @@ def test_wandb_offline_run_holds_per_layer_keys(tiny_gpt2, tmp_path, monkeypatch
     _train(tiny_gpt2, tmp_path, VarianceCallback(figures=False), report_to="wandb")
     wandb.finish()
     frame, _ = load_history(tmp_path)
-    [run_file] = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))
-    rows = read_history(run_file)
+    rows = _read_finished_run(tmp_path, last_step=4)
 
     variance_rows = [row for row in rows if "train/qkv/variance/layer_01/k" in row]
     assert [row["train/global_step"] for row in variance_rows] == [0, 1, 2, 3, 4]

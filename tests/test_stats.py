@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from hf_initvar.tracking.layouts import ProjectionView, detect_layout
-from hf_initvar.tracking.stats import compute_moments, merge_moments, moments_to_statistics, row_keys
+from hf_initvar.tracking.stats import FeatureSums, compute_moments, merge_moments, moments_to_statistics, row_keys
 
 
 def _statistics(views, per_head):
@@ -68,3 +68,31 @@ def test_nonfinite_weights_give_nan_statistics():
     statistics = _statistics([ProjectionView(0, "q", weight)], per_head=False)
     assert np.isnan(statistics["variance"][0])
     assert np.isnan(statistics["mean"][0])
+
+
+def test_feature_sums_match_views_for_every_row(tiny_gpt2):
+    layout = detect_layout(tiny_gpt2)
+    keys = row_keys(layout, per_head=True)
+    from_views = compute_moments(layout.views(), True, torch.zeros((len(keys), 3), dtype=torch.float64))
+    from_sums = FeatureSums(layout, True).compute(torch.zeros((len(keys), 3), dtype=torch.float64))
+
+    np.testing.assert_array_equal(from_sums[:, 0].numpy(), from_views[:, 0].numpy())
+    # var_mean returns float32, so the views agree to float32 rounding (about 6e-8 relative).
+    np.testing.assert_allclose(from_sums[:, 2].numpy(), from_views[:, 2].numpy(), rtol=1e-6)
+
+
+def test_feature_sums_exact_when_mean_dominates(tiny_gpt2):
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for block in tiny_gpt2.transformer.h:
+            weight = block.attn.c_attn.weight
+            weight.copy_(1.0 + 1e-3 * torch.randn(weight.shape, generator=generator))
+    layout = detect_layout(tiny_gpt2)
+    keys = row_keys(layout, per_head=False)
+    statistics = moments_to_statistics(FeatureSums(layout, False).compute(torch.zeros((len(keys), 3), dtype=torch.float64)).numpy())
+
+    width = tiny_gpt2.config.n_embd
+    for row, (layer, projection, _head) in enumerate(keys):
+        block = tiny_gpt2.transformer.h[layer].attn.c_attn.weight.detach().double()
+        reference = block[:, "qkv".index(projection) * width :][:, :width].var(unbiased=False).item()
+        assert np.isclose(statistics["variance"][row], reference, rtol=1e-9)

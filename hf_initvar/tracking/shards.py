@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hf_initvar.tracking.layouts import AttentionLayout, ProjectionPlacement
-from hf_initvar.tracking.stats import compute_moments, row_keys
+from hf_initvar.tracking.stats import FeatureSums, row_keys
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class ShardPlan:
         self._targets: torch.Tensor | None = None
         self._device = torch.device("cpu")
         self._out: torch.Tensor | None = None
+        self._feature_sums: FeatureSums | None = None
         if self.sharding != "none":
             self._plan_pieces()
 
@@ -107,7 +108,8 @@ class ShardPlan:
                 return None
             if self._out is None:
                 self._out = torch.empty((len(self.keys), 3), dtype=torch.float64, device=self._device_of_weights())
-            return compute_moments(self.layout.views(), self.per_head, self._out)
+                self._feature_sums = FeatureSums(self.layout, self.per_head)
+            return self._feature_sums.compute(self._out)
 
         local = self._local_moments()
         if not self.collective:
