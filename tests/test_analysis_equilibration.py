@@ -105,6 +105,15 @@ def test_linear_growth_does_not_settle():
     assert table[table["layer"] == 0].iloc[0]["settled"]
 
 
+def test_steady_drift_within_band_is_not_settled():
+    # v = v0·(1 + t/5000): over the window 1600..2000 it climbs 400/5000 = 8 %, relative to its
+    # median v0·1.36 that is a drift of 0.08/1.36 = 5.9 %, while every point stays within ±3 % of it.
+    result = analyze_series(STEPS, V0 * (1 + STEPS / 5000), EquilibrationRule(tolerance=TOLERANCE))
+
+    assert result.band_drift == pytest.approx(0.08 / 1.36, rel=1e-9)
+    assert result.equilibration_step is None
+
+
 def test_entering_band_inside_final_window_is_not_settled():
     rule = EquilibrationRule(tolerance=TOLERANCE)
     # A jump at step 1700: the band window (1600..2000) has 10 points before it and 31 after, so

@@ -14,6 +14,10 @@ The equilibration rule (`EquilibrationRule`, the same text is in the docs):
    control engineering.
 3. A series that only enters the band after the band window starts has *not equilibrated*: it has
    not stayed in the band for a whole window, so the run was too short to tell.
+4. A series whose *drift* over the band window exceeds the tolerance has not equilibrated either,
+   even when every point lies in the band. The drift is the slope of a straight-line fit over the
+   window times the window's length, relative to the band median. A steady climb of 8 % over the
+   window stays within ±5 % of its own median, yet it is still climbing.
 
 For an exponential approach v(t) = b + (v0 - b)·exp(-t/τ) the rule returns the first logged step
 at or after τ·ln(|v0 - b| / (tolerance·b)).
@@ -52,6 +56,7 @@ TABLE_COLUMNS = (
     "band_low",
     "band_high",
     "band_spread",
+    "band_drift",
     "final_variance",
 )
 
@@ -88,7 +93,8 @@ class EquilibrationRule:
         return (
             f"a series equilibrates at the first logged step from which its variance{smoothing} stays within "
             f"±{self.tolerance:.0%} of its band, the median over the last {self.final_fraction:.0%} of the run; "
-            f"a series that enters the band only inside that final window has not equilibrated. "
+            f"a series that enters the band only inside that final window, or drifts by more than ±{self.tolerance:.0%} "
+            f"across it (straight-line fit), has not equilibrated. "
             f"The early growth rate is the slope of ln(variance) per step over the first {self.early_fraction:.0%} of the run."
         )
 
@@ -103,6 +109,7 @@ class SeriesResult:
     band_median: float
     band_low: float
     band_high: float
+    band_drift: float
     final_variance: float
 
     @property
@@ -215,6 +222,7 @@ def analyze_history(
                 "band_low": result.band_low,
                 "band_high": result.band_high,
                 "band_spread": (result.band_high - result.band_low) / result.band_median if result.band_median > 0 else np.nan,
+                "band_drift": result.band_drift,
                 "final_variance": result.final_variance,
             }
         )
@@ -247,16 +255,29 @@ def analyze_series(steps: np.ndarray, variance: np.ndarray, rule: EquilibrationR
     band_median = float(np.median(variance[window]))
     band_low, band_high = (float(value) for value in np.percentile(variance[window], [10, 90]))
     window_start = float(steps[window][0])
+    drift = band_drift(steps[window], variance[window], band_median)
 
+    settling_step = _settling_step(steps, _rolling_median(variance, rule.smooth), band_median, rule.tolerance, window_start)
+    if not abs(drift) <= rule.tolerance:
+        settling_step = None
     return SeriesResult(
         initial_variance=float(variance[0]),
         growth_rate=early_growth_rate(steps, variance, rule.early_fraction),
-        equilibration_step=_settling_step(steps, _rolling_median(variance, rule.smooth), band_median, rule.tolerance, window_start),
+        equilibration_step=settling_step,
         band_median=band_median,
         band_low=band_low,
         band_high=band_high,
+        band_drift=drift,
         final_variance=float(variance[-1]),
     )
+
+
+def band_drift(steps: np.ndarray, variance: np.ndarray, band_median: float) -> float:
+    """Compute the relative change across the window of a straight-line fit: slope · span / band median."""
+    if len(steps) < 2 or not band_median > 0:
+        return math.nan
+    slope, _ = np.polyfit(steps, variance, 1)
+    return float(slope * (steps[-1] - steps[0]) / band_median)
 
 
 def early_growth_rate(steps: np.ndarray, variance: np.ndarray, early_fraction: float) -> float:

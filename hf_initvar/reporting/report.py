@@ -269,15 +269,15 @@ def report_markdown(analysis: EquilibrationAnalysis, figures: dict[str, Path], t
 def equilibration_table_markdown(analysis: EquilibrationAnalysis, targets: dict[tuple[int, str], float] | None = None) -> str:
     """Format the whole-projection rows as a Markdown table, one line per layer and projection."""
     targets = targets or {}
-    header = "| layer | proj | init target | step-0 variance | growth /1k steps | equilibrated at | band median | band 10–90 % |"
-    lines = [header, "|---:|:---:|---:|---:|---:|---:|---:|---:|"]
+    header = "| layer | proj | init target | step-0 variance | growth /1k steps | equilibrated at | band median | band 10–90 % | drift in window |"
+    lines = [header, "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|"]
     for _, row in analysis.projections().sort_values(["layer", "projection"]).iterrows():
         target = targets.get((row["layer"], row["projection"]))
         settled = f"{int(row['equilibration_step'])}" if row["settled"] else "not settled"
         lines.append(
             f"| {row['layer']} | {row['projection']} | {_number(target)} | {_number(row['initial_variance'])} | "
             f"{row['growth_rate'] * 1000:+.2f} | {settled} | {_number(row['band_median'])} | "
-            f"{_number(row['band_low'])}–{_number(row['band_high'])} |"
+            f"{_number(row['band_low'])}–{_number(row['band_high'])} | {row['band_drift']:+.1%} |"
         )
     return "\n".join(lines)
 
