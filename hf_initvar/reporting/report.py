@@ -382,7 +382,9 @@ def draw_compare_equilibration(runs: list[tuple[str, pd.DataFrame, Equilibration
             axes[0][column].plot(settled["layer"], settled["equilibration_step"], marker="o", color=color, label=label)
             unsettled = rows[~rows["settled"]]
             if not unsettled.empty:
-                axes[0][column].scatter(unsettled["layer"], np.full(len(unsettled), analysis.last_step * 1.05), facecolors="none", edgecolors=color, marker="o")
+                # One row of open markers per run above the last step, so the runs do not hide each other.
+                height = analysis.last_step * (1.04 + 0.04 * run_index)
+                axes[0][column].scatter(unsettled["layer"], np.full(len(unsettled), height), facecolors="none", edgecolors=color, marker="o")
             axes[1][column].plot(rows["layer"], rows["band_median"], marker="o", color=color, label=label)
     for column, projection in enumerate(PROJECTION_TITLES):
         axes[0][column].set_title(f"{PROJECTION_TITLES[projection]}: equilibration step (open: not settled)")
@@ -407,16 +409,17 @@ def compare_markdown(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]]
         "",
         f"Equilibration rule: {runs[0][2].rule.describe()}",
         "",
-        "| run | steps | settled series | median equilibration step | band median Q | band median K | band median V |",
-        "|:---|---:|---:|---:|---:|---:|---:|",
+        "| run | steps | settled series | median equilibration step | band median Q | band median K | band median V | band / step 0, Q / K / V |",
+        "|:---|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for label, _, analysis in runs:
         table = analysis.projections()
         settled = table[table["settled"]]
         median_step = f"{settled['equilibration_step'].median():.0f}" if not settled.empty else "–"
         bands = [_number(float(table.loc[table["projection"] == projection, "band_median"].median())) for projection in PROJECTION_TITLES]
-        lines.append(f"| {label} | {analysis.last_step} | {len(settled)}/{len(table)} | {median_step} | " + " | ".join(bands) + " |")
-    lines += ["", "Band medians are the median over layers of each layer's band.", ""]
+        ratios = [f"{float((rows['band_median'] / rows['initial_variance']).median()):.2f}" for rows in (table[table["projection"] == projection] for projection in PROJECTION_TITLES)]
+        lines.append(f"| {label} | {analysis.last_step} | {len(settled)}/{len(table)} | {median_step} | " + " | ".join(bands) + f" | {' / '.join(ratios)} |")
+    lines += ["", "Band medians and band / step-0 ratios are medians over layers.", ""]
     for label, _, analysis in runs:
         lines += [f"## {label}", "", *[f"- {verdict}" for verdict in analysis.verdicts()], ""]
     lines += ["## Figures", "", "![curves of every run](compare_curves.png)", "", "![equilibration of every run](compare_equilibration.png)", ""]
