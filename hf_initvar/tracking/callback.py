@@ -29,7 +29,7 @@ from transformers.trainer_callback import CallbackHandler, ExportableState
 
 from hf_initvar.tracking.histograms import HistogramRecorder
 from hf_initvar.tracking.history import HistoryWriter, read_logged_steps
-from hf_initvar.tracking.layouts import AttentionLayout, detect_layout
+from hf_initvar.tracking.layouts import AttentionLayout, detect_layout, unwrapped_name
 from hf_initvar.tracking.shards import ShardPlan
 from hf_initvar.tracking.stats import moments_to_statistics
 
@@ -63,6 +63,9 @@ class VarianceCallback(TrainerCallback, ExportableState):
             format in `hf_initvar.tracking.histograms`); none by default.
         histogram_layers: layers whose Q/K/V the histograms cover (negative counts from the last).
         histogram_bins: number of equal bins of each histogram.
+        stop_on_nonfinite: stop training (on every rank) at the first logged step whose Q/K/V
+            statistics are NaN or infinite. Without it, such rows are written and reported as they
+            are, and a warning gives their count.
 
     Example:
         ```python
@@ -80,6 +83,7 @@ class VarianceCallback(TrainerCallback, ExportableState):
         histogram_steps: list[int] | None = None,
         histogram_layers: list[int] | None = None,
         histogram_bins: int = 80,
+        stop_on_nonfinite: bool = False,
     ):
         # Kept for `state()`, so a Trainer restoring callbacks from a checkpoint rebuilds this one.
         self._constructor_args = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
@@ -90,6 +94,7 @@ class VarianceCallback(TrainerCallback, ExportableState):
         self.history_dir = history_dir
         self.report = report
         self.figures = figures
+        self.stop_on_nonfinite = stop_on_nonfinite
         self._histograms = (
             HistogramRecorder(histogram_layers if histogram_layers is not None else [0, -1], histogram_steps, bins=histogram_bins)
             if histogram_steps
@@ -102,6 +107,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
         self._writer: HistoryWriter | None = None
         self._reporters: list[TrainerCallback] = []
         self._last_step: int | None = None
+        self._intended_variance: np.ndarray | None = None
+        self._nonfinite_rows = 0
 
     # Trainer events
 
@@ -109,6 +116,7 @@ class VarianceCallback(TrainerCallback, ExportableState):
         self._layout = detect_layout(model)
         self._plan = ShardPlan(model, self._layout, self.per_head)
         self._keys = self._plan.keys
+        self._intended_variance = _intended_variances(model, self._layout, self._keys)
         self._reporters = _find_reporters(self) if self.report else []
 
         if state.is_world_process_zero:
@@ -174,19 +182,42 @@ class VarianceCallback(TrainerCallback, ExportableState):
     # One logged step
 
     def _log_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model) -> None:
-        merged = self._plan.compute(computes_here=state.is_world_process_zero)
+        # Stopping must happen on every rank, so with stop_on_nonfinite every rank computes.
+        merged = self._plan.compute(computes_here=state.is_world_process_zero or self.stop_on_nonfinite)
         self._last_step = state.global_step
-        if merged is None or self._writer is None or state.global_step in self._writer.logged_steps:
+        if merged is None:
             return
 
         moments = merged.cpu().numpy()  # the one host synchronization of this step
         statistics = moments_to_statistics(moments)
         statistics["count"] = moments[:, 0]
+        statistics["variance_ratio"] = statistics["variance"] / self._intended_variance
+        nonfinite_rows = int(np.count_nonzero(~np.isfinite(statistics["variance"]) | ~np.isfinite(statistics["mean"])))
+        if nonfinite_rows:
+            self._handle_nonfinite(state, control, nonfinite_rows)
+        if self._writer is None or state.global_step in self._writer.logged_steps:
+            return
+
         self._writer.append(state.global_step, self._keys, statistics)
         if self._reporters:
             metrics = self._metrics(statistics)
+            metrics["qkv/nonfinite_rows"] = nonfinite_rows
             for reporter in self._reporters:
                 reporter.on_log(args, state, control, logs=dict(metrics), model=model)
+
+    def _handle_nonfinite(self, state: TrainerState, control: TrainerControl, nonfinite_rows: int) -> None:
+        if self.stop_on_nonfinite:
+            control.should_training_stop = True
+        # One warning when the count first rises, not one per step.
+        if state.is_world_process_zero and nonfinite_rows > self._nonfinite_rows:
+            logger.warning(
+                "VarianceCallback: %d of %d Q/K/V statistics rows are NaN or infinite at step %d%s",
+                nonfinite_rows,
+                len(self._keys),
+                state.global_step,
+                "; stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "",
+            )
+        self._nonfinite_rows = max(self._nonfinite_rows, nonfinite_rows)
 
     def _record_histograms(self, state: TrainerState) -> None:
         if self._histograms is None or not self._histograms.wants(state.global_step):
@@ -202,6 +233,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
             names = REPORTED_STATISTICS if head < 0 else ("variance",)
             for name in names:
                 metrics[metric_key(name, layer, projection, head)] = float(statistics[name][i])
+            if head < 0 and np.isfinite(self._intended_variance[i]):
+                metrics[metric_key("variance_ratio", layer, projection)] = float(statistics["variance_ratio"][i])
         return metrics
 
     def _resolve_history_dir(self, args: TrainingArguments) -> Path:
@@ -218,13 +251,40 @@ class VarianceCallback(TrainerCallback, ExportableState):
             "model_type": getattr(config, "model_type", None),
             "n_layer": self._layout.n_layer,
             "n_head": self._layout.n_head,
+            "n_kv_head": self._layout.n_kv_head,
             "head_dim": self._layout.head_dim,
+            "sharding": self._plan.sharding,
             "projections": ["q", "k", "v"],
             "every_n_steps": self.every_n_steps,
             "per_head": self.per_head,
             "init_scheme": getattr(config, "init_scheme", None),
             "init_args": getattr(config, "init_args", None),
         }
+
+
+def _intended_variances(model, layout: AttentionLayout, keys: list[tuple[int, str, int]]) -> np.ndarray:
+    """Return, per row, the variance the model's recorded init scheme intended (NaN when unknown).
+
+    Only a scheme recorded on `model.config.init_scheme` (by `hf_initvar.init.apply_init`) counts;
+    a scheme that intends a constant (std 0) gives NaN as well, so the ratio is never infinite.
+    """
+    intended = np.full(len(keys), np.nan)
+    if getattr(getattr(model, "config", None), "init_scheme", None) is None:
+        return intended
+    # init sits above tracking in the package layers, so this import keeps the order.
+    from hf_initvar.init import intended_stds
+
+    try:
+        stds = {unwrapped_name(name): std for name, std in intended_stds(model).items()}
+    except (ValueError, KeyError, AttributeError, RuntimeError) as error:
+        logger.warning("VarianceCallback: no intended variances for %s (%s); variance_ratio is left empty", type(model).__name__, error)
+        return intended
+    by_projection = {(placement.layer, placement.projection): stds.get(placement.name) for placement in layout.placements}
+    for row, (layer, projection, _head) in enumerate(keys):
+        std = by_projection[(layer, projection)]
+        if std:
+            intended[row] = std**2
+    return intended
 
 
 def _find_reporters(callback: TrainerCallback) -> list[TrainerCallback]:

@@ -25,7 +25,7 @@ import pandas as pd
 HISTORY_FILE = "history.csv"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
-COLUMNS = ("step", "layer", "projection", "head", "count", "variance", "std", "mean", "rms")
+COLUMNS = ("step", "layer", "projection", "head", "count", "variance", "std", "mean", "rms", "variance_ratio")
 
 
 class HistoryWriter:
@@ -46,6 +46,7 @@ class HistoryWriter:
             csv.writer(self._file).writerow(COLUMNS)
         else:
             truncate_history(self.directory, resume_step)
+            _upgrade_columns(self.path)
             self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
         self.logged_steps = set(read_logged_steps(self.directory)) if resume_step is not None else set()
@@ -54,7 +55,10 @@ class HistoryWriter:
         """Append the rows of one logged step and flush them to disk."""
         # Python floats are written with repr, the shortest text that reads back to the same float.
         count = statistics["count"].astype(np.int64).tolist()
-        columns = [statistics[name].tolist() for name in ("variance", "std", "mean", "rms")]
+        ratio = statistics.get("variance_ratio")
+        if ratio is None:
+            ratio = np.full(len(keys), np.nan)
+        columns = [statistics[name].tolist() for name in ("variance", "std", "mean", "rms")] + [ratio.tolist()]
         self._writer.writerows(
             (step, layer, projection, head, count[i], *(column[i] for column in columns))
             for i, (layer, projection, head) in enumerate(keys)
@@ -112,6 +116,18 @@ def truncate_history(directory: str | os.PathLike, last_step: int) -> None:
         return
     temporary = path.with_suffix(".csv.tmp")
     kept.to_csv(temporary, index=False)
+    os.replace(temporary, path)
+
+
+def _upgrade_columns(path: Path) -> None:
+    """Rewrite a history written with fewer columns so that appended rows line up with `COLUMNS`."""
+    with open(path, newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if header is None or tuple(header) == COLUMNS:
+        return
+    frame = pd.read_csv(path, dtype={"projection": str}).reindex(columns=list(COLUMNS))
+    temporary = path.with_suffix(".csv.tmp")
+    frame.to_csv(temporary, index=False)
     os.replace(temporary, path)
 
 

@@ -184,13 +184,18 @@ def detect_layout(model: nn.Module) -> AttentionLayout:
     return _LAYOUTS[model_type](model)
 
 
+def unwrapped_name(name: str) -> str:
+    """Return a parameter or module name without FSDP1, checkpointing and compile wrapper levels."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name.removesuffix("_fsdp_wrapped_module").rstrip(".")
+
+
 def qualified_names(model: nn.Module) -> dict[int, str]:
     """Map `id(module)` to the module's name in `model`, with wrapper prefixes removed."""
     names = {}
     for name, module in model.named_modules():
-        for prefix in _WRAPPER_PREFIXES:
-            name = name.replace(prefix, "")
-        names.setdefault(id(module), name.removesuffix("_fsdp_wrapped_module").rstrip("."))
+        names.setdefault(id(module), unwrapped_name(name))
     return names
 
 
