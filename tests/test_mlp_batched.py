@@ -83,8 +83,10 @@ def test_stacked_training_matches_one_at_a_time(digits, schedule):
             # float64 rounding differences of a few 1e-16 per op, amplified over 40 steps of a
             # well-conditioned run, stay far below 1e-9.
             torch.testing.assert_close(stacked_losses, losses, rtol=1e-9, atol=1e-10)
-            for layer, weight in zip(alone.layers, stacked.weights):
-                torch.testing.assert_close(weight[index], layer.weight.detach(), rtol=1e-9, atol=1e-10)
+            for layer_index, layer in enumerate(alone.layers):
+                torch.testing.assert_close(
+                    stacked.layer_weight(layer_index, index), layer.weight.detach(), rtol=1e-9, atol=1e-10
+                )
 
     assert "stable" in outcomes
     assert "vanishing" in outcomes

