@@ -106,3 +106,21 @@ def test_cli_compare_reports_unknown_scheme(tmp_path, capsys):
 
     assert code == 2
     assert "did you mean 'kaiming_normal'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_example_runs_end_to_end(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "kaiming_vs_xavier.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--output_dir", str(tmp_path), "--hidden_size", "16", "--num_hidden_layers", "3",
+         "--seeds", "0", "1", "--epochs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "| kaiming_normal |" in completed.stdout
+    assert (tmp_path / "compare_loss_curves.png").exists()

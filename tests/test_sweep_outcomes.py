@@ -186,3 +186,22 @@ def test_cli_sweep_reports_invalid_optimizer(tmp_path, capsys):
 
     assert code == 2
     assert "did you mean 'sgd'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_example_runs_end_to_end(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "mlp_std_sweep.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--output_dir", str(tmp_path), "--hidden_size", "16", "--num_hidden_layers", "2",
+         "--num_stds", "5", "--seeds", "0", "1", "--epochs", "2", "--max_samples", "400", "--report_to", "wandb"],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "WANDB_MODE": "offline"},
+    )
+
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "theory propagation" in completed.stdout
+    assert "wandb sync" in completed.stdout
+    assert (tmp_path / "sweep_init_variance.png").exists()
