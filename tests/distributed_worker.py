@@ -87,7 +87,8 @@ def shard(model, mode: str):
         model, auto_wrap_policy=ModuleWrapPolicy(wrapped_classes), use_orig_params=mode == "fsdp1_orig", device_id=torch.device("cpu")
     )
     flat = FullyShardedDataParallel.fsdp_modules(model)[0]._handle.flat_param
-    assert flat.dim() == 1 and flat.numel() < flat._unpadded_unsharded_size.numel(), "FSDP1 did not shard"
+    assert flat.dim() == 1, "FSDP1 did not flatten the unit's parameters"
+    assert flat.numel() < flat._unpadded_unsharded_size.numel(), "FSDP1 did not shard"
     return wrapped
 
 
@@ -115,7 +116,7 @@ def run_sharded(mode: str, output_dir: Path) -> None:
         args = TrainingArguments(output_dir=str(directory), use_cpu=True, report_to="none")
         state, control = TrainerState(), TrainerControl()
         state.is_world_process_zero = rank == 0
-        callback = VarianceCallback(per_head=True, figures=False)
+        callback = VarianceCallback(per_head=True, figures=False, track_gradients=True, track_updates=True)
 
         def record(step):
             weights = full_state_dict(model, trained)
@@ -130,6 +131,7 @@ def run_sharded(mode: str, output_dir: Path) -> None:
         for step in range(1, STEPS + 1):
             ids = torch.randint(0, 50, (2, 8), generator=generator)
             trained(input_ids=ids, labels=ids).loss.backward()
+            callback.on_pre_optimizer_step(args, state, control, model=model)
             optimizer.step()
             optimizer.zero_grad()
             state.global_step = step

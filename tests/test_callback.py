@@ -136,7 +136,7 @@ def _read_finished_run(directory, last_step, timeout=60.0):
     """Read the offline run's history once W&B's service process has written its last step.
 
     `wandb.finish()` can return before the service flushes the run file (seen with wandb 0.31 on
-    a loaded machine), so the file is read until it holds `last_step` or `timeout` seconds pass.
+    a loaded machine), so the file is read until it contains `last_step` or `timeout` seconds pass.
     """
     deadline = time.monotonic() + timeout
     while True:

@@ -48,6 +48,38 @@ def _single_process_statistics(family: str, weights_path: Path):
     return keys, moments[:, 0], moments_to_statistics(moments)
 
 
+def _single_process_update_statistics(family: str, directory: Path, step: int):
+    """Statistics of the weight change from step - 1 to step, from the gathered weights."""
+    before, after = (torch.load(directory / f"weights_step_{s}.pt") for s in (step - 1, step))
+    model = build(family)
+    model.load_state_dict({name: after[name] - before[name] for name in after}, strict=False)
+    layout = detect_layout(model)
+    keys = row_keys(layout, per_head=True)
+    moments = compute_moments(
+        [type(view)(view.layer, view.projection, view.weight.detach().double()) for view in layout.views()], True,
+        torch.zeros((len(keys), 3), dtype=torch.float64),
+    ).numpy()
+    return keys, moments[:, 0], moments_to_statistics(moments)
+
+
+def _check_updates_and_gradients(directory: Path, family: str) -> float:
+    """Compare the sharded update rows with one-process ones; check gradient rows are complete."""
+    updates, _ = load_history(directory / family, quantity="update")
+    gradients, _ = load_history(directory / family, quantity="gradient")
+    assert sorted(updates["step"].unique()) == list(range(1, STEPS + 1))
+    assert sorted(gradients["step"].unique()) == list(range(1, STEPS + 1))
+    assert gradients["variance"].gt(0).all()
+    largest = 0.0
+    for step in range(1, STEPS + 1):
+        keys, counts, expected = _single_process_update_statistics(family, directory / family, step)
+        rows = updates[updates["step"] == step].set_index(["layer", "projection", "head"]).loc[keys]
+        np.testing.assert_array_equal(rows["count"].to_numpy(), counts)
+        np.testing.assert_array_equal(gradients[gradients["step"] == step].set_index(["layer", "projection", "head"]).loc[keys, "count"].to_numpy(), counts)
+        np.testing.assert_allclose(rows["variance"].to_numpy(), expected["variance"], rtol=RELATIVE_TOLERANCE)
+        largest = max(largest, float(np.max(np.abs(rows["variance"].to_numpy() / expected["variance"] - 1))))
+    return largest
+
+
 def _largest_relative_difference(directory: Path, family: str, steps: list[int]) -> float:
     """Compare every logged row with the one-process statistics; return the largest variance difference."""
     frame, _ = load_history(directory / family)
@@ -75,8 +107,9 @@ def test_fsdp_shards_match_single_process(mode, tmp_path, record_property):
         detected = [(tmp_path / family / f"sharding_rank{rank}.txt").read_text() for rank in (0, 1)]
         assert detected == [expected_sharding, expected_sharding]
         difference = _largest_relative_difference(tmp_path, family, list(range(STEPS + 1)))
+        update_difference = _check_updates_and_gradients(tmp_path, family)
         record_property(f"{mode}_{family}_max_relative_variance_difference", difference)
-        print(f"{mode} {family}: largest relative variance difference {difference:.2e}")
+        print(f"{mode} {family}: largest relative variance difference {difference:.2e}, of updates {update_difference:.2e}")
 
 
 @pytest.mark.slow

@@ -44,8 +44,8 @@ def test_variance_ratio_matches_init_scheme(tmp_path):
     frame, _ = load_history(tmp_path)
     first = frame[(frame["step"] == 0) & (frame["head"] == -1)]
 
-    # Each projection holds 64 x 64 draws of N(0, 0.05^2): the measured variance is off from the
-    # intended 0.0025 by about sqrt(2 / 4096) = 2.2% relative; 5 sigma is 11%.
+    # Each projection contains 64 x 64 draws of N(0, 0.05^2), so the measured variance is off from
+    # the intended 0.0025 by about sqrt(2 / 4096) = 2.2% relative. Five sigma is 11%.
     assert len(first) == 6
     np.testing.assert_allclose(first["variance_ratio"].to_numpy(), 1.0, atol=5 * math.sqrt(2 / 4096))
     np.testing.assert_allclose(first["variance_ratio"], first["variance"] / 0.05**2, rtol=1e-12)
@@ -115,3 +115,58 @@ def test_history_append_time_stays_flat(tmp_path):
     assert last < 2.0 * first, f"append took {first * 1e3:.2f} ms early and {last * 1e3:.2f} ms late"
     frame, _ = load_history(tmp_path)
     assert len(frame) == 2000 * 48 * 3
+
+
+class _Recorder(TrainerCallback):
+    """Keep copies of layer 0's c_attn gradient before each optimizer step and of its weight after."""
+
+    def __init__(self):
+        self.gradients, self.weights = {}, {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights[0] = model.transformer.h[0].attn.c_attn.weight.detach().double().clone()
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradients[state.global_step + 1] = model.transformer.h[0].attn.c_attn.weight.grad.double().clone()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = model.transformer.h[0].attn.c_attn.weight.detach().double().clone()
+
+
+def test_gradient_and_update_rows_match_tensors(tiny_gpt2, tmp_path):
+    recorder = _Recorder()
+    callback = VarianceCallback(figures=False, every_n_steps=2, track_gradients=True, track_updates=True, per_head=True)
+    _train(tiny_gpt2, tmp_path, [recorder, callback], max_steps=4, max_grad_norm=0.5)
+    gradients, _ = load_history(tmp_path, quantity="gradient")
+    updates, meta = load_history(tmp_path, quantity="update")
+    weights, _ = load_history(tmp_path)
+
+    assert meta["quantities"] == ["weight", "gradient", "update"]
+    assert sorted(weights["step"].unique()) == [0, 2, 4]
+    assert sorted(gradients["step"].unique()) == [2, 4]
+    assert sorted(updates["step"].unique()) == [2, 4]
+    for step in (2, 4):
+        k_gradient = recorder.gradients[step][:, 24:48]  # layer 0, k
+        k_update = (recorder.weights[step] - recorder.weights[step - 2])[:, 24:48]
+        gradient_row = gradients[(gradients["step"] == step) & (gradients["layer"] == 0) & (gradients["projection"] == "k") & (gradients["head"] == -1)]
+        update_row = updates[(updates["step"] == step) & (updates["layer"] == 0) & (updates["projection"] == "k") & (updates["head"] == -1)]
+        head_row = updates[(updates["step"] == step) & (updates["layer"] == 0) & (updates["projection"] == "k") & (updates["head"] == 2)]
+        assert gradient_row["variance"].item() == pytest.approx(k_gradient.var(unbiased=False).item(), rel=1e-9)
+        assert gradient_row["rms"].item() == pytest.approx(k_gradient.pow(2).mean().sqrt().item(), rel=1e-9)
+        assert update_row["variance"].item() == pytest.approx(k_update.var(unbiased=False).item(), rel=1e-9)
+        assert head_row["variance"].item() == pytest.approx(k_update[:, 16:24].var(unbiased=False).item(), rel=1e-9)
+
+
+def test_gradient_metric_keys_reach_tensorboard(tiny_gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train(tiny_gpt2, tmp_path, [VarianceCallback(figures=False, track_gradients=True, track_updates=True)], report_to="tensorboard", max_steps=2)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+
+    assert "train/qkv_gradient/variance/layer_02/v" in tags
+    assert "train/qkv_update/rms/layer_00/q" in tags
+    assert [event.step for event in events.Scalars("train/qkv_gradient/variance/layer_02/v")] == [1, 2]
+    assert [event.value for event in events.Scalars("train/qkv/nonfinite_rows")] == [0, 0, 0]

@@ -1,4 +1,4 @@
-"""Where Q/K/V live in each architecture, their statistics, the callback and the history store."""
+"""Q/K/V layouts per architecture, their statistics, the callback and the history store."""
 
 from hf_initvar.tracking.layouts import (
     AttentionLayout,

@@ -39,9 +39,13 @@ HISTORY_DIRNAME = "variance"
 REPORTED_STATISTICS = ("variance", "std", "mean")
 
 
-def metric_key(statistic: str, layer: int, projection: str, head: int = -1) -> str:
-    """Key under which a statistic reaches the reporters: `qkv/variance/layer_03/k` or `…/k/head_07`."""
-    key = f"qkv/{statistic}/layer_{layer:02d}/{projection}"
+def metric_key(statistic: str, layer: int, projection: str, head: int = -1, quantity: str = "weight") -> str:
+    """Key under which a statistic reaches the reporters: `qkv/variance/layer_03/k` or `…/k/head_07`.
+
+    Gradient and update statistics use the prefixes `qkv_gradient/` and `qkv_update/`.
+    """
+    prefix = "qkv" if quantity == "weight" else f"qkv_{quantity}"
+    key = f"{prefix}/{statistic}/layer_{layer:02d}/{projection}"
     return key if head < 0 else f"{key}/head_{head:02d}"
 
 
@@ -63,6 +67,10 @@ class VarianceCallback(TrainerCallback, ExportableState):
             format in `hf_initvar.tracking.histograms`); none by default.
         histogram_layers: layers whose Q/K/V the histograms cover (negative counts from the last).
         histogram_bins: number of equal bins of each histogram.
+        track_gradients: also record the statistics of the Q/K/V gradients (after clipping, before
+            the optimizer step) at the logged steps on the interval. Not under ZeRO-3.
+        track_updates: also record the statistics of the weight change since the previous logged
+            step. Keeps one copy of the Q/K/V weights (of this rank's shards under sharding).
         stop_on_nonfinite: stop training (on every rank) at the first logged step whose Q/K/V
             statistics are NaN or infinite. Without it, such rows are written and reported as they
             are, and a warning gives their count.
@@ -84,6 +92,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
         histogram_layers: list[int] | None = None,
         histogram_bins: int = 80,
         stop_on_nonfinite: bool = False,
+        track_gradients: bool = False,
+        track_updates: bool = False,
     ):
         # Kept for `state()`, so a Trainer restoring callbacks from a checkpoint rebuilds this one.
         self._constructor_args = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
@@ -95,6 +105,9 @@ class VarianceCallback(TrainerCallback, ExportableState):
         self.report = report
         self.figures = figures
         self.stop_on_nonfinite = stop_on_nonfinite
+        self.track_gradients = track_gradients
+        self.track_updates = track_updates
+        self._gradient: tuple[int, torch.Tensor] | None = None
         self._histograms = (
             HistogramRecorder(histogram_layers if histogram_layers is not None else [0, -1], histogram_steps, bins=histogram_bins)
             if histogram_steps
@@ -117,6 +130,10 @@ class VarianceCallback(TrainerCallback, ExportableState):
         self._plan = ShardPlan(model, self._layout, self.per_head)
         self._keys = self._plan.keys
         self._intended_variance = _intended_variances(model, self._layout, self._keys)
+        if self.track_gradients and self._plan.sharding == "zero3":
+            # Limitation: ZeRO-3 keeps gradients in optimizer partitions, not on the parameters.
+            logger.warning("VarianceCallback: gradient statistics are not available under DeepSpeed ZeRO-3; track_gradients is ignored")
+            self.track_gradients = False
         self._reporters = _find_reporters(self) if self.report else []
 
         if state.is_world_process_zero:
@@ -137,10 +154,10 @@ class VarianceCallback(TrainerCallback, ExportableState):
                 [type(reporter).__name__ for reporter in self._reporters] or "no reporter",
             )
 
-        # On a resume the checkpoint's step may already be in the history; `_log_step` skips the
-        # write then, but every rank still computes, so sharded reductions stay in lockstep. A
-        # resumed step off the interval is not logged, so a resumed run logs the same steps as an
-        # uninterrupted one.
+        # On a resume the checkpoint's step may already be in the history. `_log_step` then skips
+        # the write, but every rank still computes, so sharded reductions stay in lockstep. A
+        # resumed step off the interval is not logged, which keeps the logged steps those of an
+        # uninterrupted run.
         if state.global_step % self.every_n_steps == 0:
             self._log_step(args, state, control, model)
         if self._histograms is not None:
@@ -151,6 +168,13 @@ class VarianceCallback(TrainerCallback, ExportableState):
         if state.global_step % self.every_n_steps == 0:
             self._log_step(args, state, control, model)
         self._record_histograms(state)
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # The gradient about to be applied belongs to step global_step + 1.
+        step = state.global_step + 1
+        if self.track_gradients and self._plan is not None and step % self.every_n_steps == 0:
+            gradient = self._plan.compute(self._computes_here(state), quantity="gradient")
+            self._gradient = None if gradient is None else (step, gradient.clone())
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self._writer is None:
@@ -182,13 +206,20 @@ class VarianceCallback(TrainerCallback, ExportableState):
     # One logged step
 
     def _log_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model) -> None:
-        # Stopping must happen on every rank, so with stop_on_nonfinite every rank computes.
-        merged = self._plan.compute(computes_here=state.is_world_process_zero or self.stop_on_nonfinite)
+        merged = self._plan.compute(self._computes_here(state))
+        parts = {"weight": merged}
+        if self.track_updates:
+            parts["update"] = self._plan.compute(self._computes_here(state), quantity="update")
+        if self._gradient is not None and self._gradient[0] == state.global_step:
+            parts["gradient"] = self._gradient[1]
+        self._gradient = None
         self._last_step = state.global_step
         if merged is None:
             return
 
-        moments = merged.cpu().numpy()  # the one host synchronization of this step
+        parts = {quantity: moments for quantity, moments in parts.items() if moments is not None}
+        stacked = torch.stack(list(parts.values())).cpu().numpy()  # the one host synchronization of this step
+        moments = stacked[0]
         statistics = moments_to_statistics(moments)
         statistics["count"] = moments[:, 0]
         statistics["variance_ratio"] = statistics["variance"] / self._intended_variance
@@ -199,11 +230,25 @@ class VarianceCallback(TrainerCallback, ExportableState):
             return
 
         self._writer.append(state.global_step, self._keys, statistics)
+        others = {}
+        for quantity, other_moments in zip(list(parts)[1:], stacked[1:]):
+            others[quantity] = moments_to_statistics(other_moments)
+            others[quantity]["count"] = other_moments[:, 0]
+            self._writer.append(state.global_step, self._keys, others[quantity], quantity=quantity)
         if self._reporters:
             metrics = self._metrics(statistics)
+            for quantity, other in others.items():
+                for i, (layer, projection, head) in enumerate(self._keys):
+                    if head < 0:
+                        metrics[metric_key("variance", layer, projection, quantity=quantity)] = float(other["variance"][i])
+                        metrics[metric_key("rms", layer, projection, quantity=quantity)] = float(other["rms"][i])
             metrics["qkv/nonfinite_rows"] = nonfinite_rows
             for reporter in self._reporters:
                 reporter.on_log(args, state, control, logs=dict(metrics), model=model)
+
+    def _computes_here(self, state: TrainerState) -> bool:
+        # Stopping must happen on every rank, so with stop_on_nonfinite every rank computes.
+        return state.is_world_process_zero or self.stop_on_nonfinite
 
     def _handle_nonfinite(self, state: TrainerState, control: TrainerControl, nonfinite_rows: int) -> None:
         if self.stop_on_nonfinite:
@@ -256,6 +301,7 @@ class VarianceCallback(TrainerCallback, ExportableState):
             "sharding": self._plan.sharding,
             "projections": ["q", "k", "v"],
             "every_n_steps": self.every_n_steps,
+            "quantities": ["weight"] + ["gradient"] * self.track_gradients + ["update"] * self.track_updates,
             "per_head": self.per_head,
             "init_scheme": getattr(config, "init_scheme", None),
             "init_args": getattr(config, "init_args", None),
@@ -265,8 +311,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
 def _intended_variances(model, layout: AttentionLayout, keys: list[tuple[int, str, int]]) -> np.ndarray:
     """Return, per row, the variance the model's recorded init scheme intended (NaN when unknown).
 
-    Only a scheme recorded on `model.config.init_scheme` (by `hf_initvar.init.apply_init`) counts;
-    a scheme that intends a constant (std 0) gives NaN as well, so the ratio is never infinite.
+    Only a scheme recorded on `model.config.init_scheme` (by `hf_initvar.init.apply_init`) counts.
+    A scheme that intends a constant (std 0) gives NaN as well, so the ratio is never infinite.
     """
     intended = np.full(len(keys), np.nan)
     if getattr(getattr(model, "config", None), "init_scheme", None) is None:
@@ -318,9 +364,9 @@ def _find_reporters(callback: TrainerCallback) -> list[TrainerCallback]:
 def _resumed_checkpoint(args: TrainingArguments, state: TrainerState) -> Path:
     """Return the checkpoint folder the Trainer is resuming from.
 
-    `Trainer.train(resume_from_checkpoint=...)` does not hand the path to callbacks; its resolved
-    value is a local of the `train` call that dispatched this event, so it is read from the stack.
-    Without one, the checkpoint of the resumed step in `output_dir` is assumed.
+    `Trainer.train(resume_from_checkpoint=...)` does not pass the path to callbacks. Its resolved
+    value is a local variable of the `train` call that dispatched this event, so it is read from
+    the stack. Without one, the checkpoint of the resumed step in `output_dir` is assumed.
     """
     from transformers import Trainer
 
@@ -349,7 +395,7 @@ def _restore_history_from_checkpoint(checkpoint: Path, state: TrainerState, dire
         logger.info("VarianceCallback: restored the history of %s (up to step %d)", checkpoint, state.global_step)
     elif read_logged_steps(directory):
         logger.warning(
-            "VarianceCallback: %s holds no history copy; keeping %s up to step %d", checkpoint, directory, state.global_step
+            "VarianceCallback: no history copy found in %s; keeping %s up to step %d", checkpoint, directory, state.global_step
         )
     else:
         logger.warning("VarianceCallback: resumed at step %d with no saved history; starting a new one", state.global_step)

@@ -25,7 +25,7 @@ import pandas as pd
 HISTORY_FILE = "history.csv"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
-COLUMNS = ("step", "layer", "projection", "head", "count", "variance", "std", "mean", "rms", "variance_ratio")
+COLUMNS = ("step", "layer", "projection", "head", "count", "variance", "std", "mean", "rms", "variance_ratio", "quantity")
 
 
 class HistoryWriter:
@@ -51,8 +51,11 @@ class HistoryWriter:
         self._writer = csv.writer(self._file)
         self.logged_steps = set(read_logged_steps(self.directory)) if resume_step is not None else set()
 
-    def append(self, step: int, keys: list[tuple[int, str, int]], statistics: dict[str, np.ndarray]) -> None:
-        """Append the rows of one logged step and flush them to disk."""
+    def append(self, step: int, keys: list[tuple[int, str, int]], statistics: dict[str, np.ndarray], quantity: str = "weight") -> None:
+        """Append the rows of one logged step and flush them to disk.
+
+        `quantity` is `weight`, `gradient` or `update` (the weight change since the previous logged step).
+        """
         # Python floats are written with repr, the shortest text that reads back to the same float.
         count = statistics["count"].astype(np.int64).tolist()
         ratio = statistics.get("variance_ratio")
@@ -60,7 +63,7 @@ class HistoryWriter:
             ratio = np.full(len(keys), np.nan)
         columns = [statistics[name].tolist() for name in ("variance", "std", "mean", "rms")] + [ratio.tolist()]
         self._writer.writerows(
-            (step, layer, projection, head, count[i], *(column[i] for column in columns))
+            (step, layer, projection, head, count[i], *(column[i] for column in columns), quantity)
             for i, (layer, projection, head) in enumerate(keys)
         )
         self._file.flush()
@@ -71,8 +74,13 @@ class HistoryWriter:
             self._file.close()
 
 
-def load_history(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+def load_history(path: str | os.PathLike, quantity: str | None = "weight") -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read a history folder (or a training `output_dir` containing `variance/`).
+
+    Args:
+        path: the history folder or the training `output_dir`.
+        quantity: keep only rows of this quantity (`weight`, `gradient`, `update`); None keeps
+            every row. Rows of histories written before the `quantity` column are weight rows.
 
     Returns:
         The rows as a DataFrame with the columns of `COLUMNS`, and the metadata dict.
@@ -81,7 +89,12 @@ def load_history(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]
         FileNotFoundError: no `history.csv` at `path` or `path/variance`.
     """
     directory = find_history_dir(path)
-    frame = pd.read_csv(directory / HISTORY_FILE, dtype={"projection": str})
+    frame = pd.read_csv(directory / HISTORY_FILE, dtype={"projection": str, "quantity": str})
+    if "quantity" not in frame.columns:
+        frame["quantity"] = "weight"
+    frame["quantity"] = frame["quantity"].fillna("weight")
+    if quantity is not None:
+        frame = frame[frame["quantity"] == quantity].reset_index(drop=True)
     meta = json.loads((directory / META_FILE).read_text())
     return frame, meta
 

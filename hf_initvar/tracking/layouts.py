@@ -5,7 +5,7 @@ the weight, the axis of that weight that indexes output features, and where each
 `head_dim` features start along that axis. From a placement and the full weight,
 `ProjectionPlacement.view` returns a view shaped `(heads, in_features, head_dim)` that shares
 storage with the parameter, so reading it costs one pass over the Q/K/V bytes and no copy. Under
-sharding the same placement tells which elements of a rank's shard belong to which head
+sharding the same placement determines which elements of a rank's shard belong to which head
 (`hf_initvar.tracking.shards`).
 """
 
@@ -36,7 +36,7 @@ class ProjectionView:
 
 @dataclass(frozen=True, kw_only=True)
 class ProjectionPlacement:
-    """Where one projection of one layer lives inside its weight.
+    """Location of one projection of one layer inside its weight.
 
     Along `feature_axis` of the weight (0 for `nn.Linear`'s `[out, in]`, 1 for GPT-2's `Conv1D`
     `[in, out]`), head `h` occupies the `head_dim` indices starting at `offset + h * head_stride`.
@@ -82,7 +82,7 @@ class ProjectionPlacement:
         return self.offset + (self.n_heads - 1) * self.head_stride + self.head_dim
 
     def weight(self) -> torch.Tensor:
-        """The full weight tensor (unsharded models only)."""
+        """Return the full weight tensor (unsharded models only)."""
         return getattr(self.module, self.parameter_name)
 
     def view(self, weight: torch.Tensor) -> torch.Tensor:
@@ -208,7 +208,7 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def _base_model(model: nn.Module) -> nn.Module:
-    """The model without its task head (`GPT2LMHeadModel.transformer`, `LlamaForCausalLM.model`, …)."""
+    """Return the model without its task head (`GPT2LMHeadModel.transformer`, `LlamaForCausalLM.model`, …)."""
     prefix = getattr(model, "base_model_prefix", "")
     return getattr(model, prefix, model) if prefix else model
 

@@ -11,7 +11,7 @@ Every supported sharding hands a rank one contiguous range of a weight's row-maj
 `ShardPlan` splits that range into rectangles of the `[rows, cols]` weight, and each rectangle into
 pieces that lie within one projection and a run of heads (a head cut by a shard boundary becomes a
 piece of its own). At a logged step each piece is reduced in place, through an `as_strided` view
-of the local shard, to partial moments; pieces are merged into this rank's rows, and one
+of the local shard, to partial moments. The pieces are merged into this rank's rows, and one
 `all_gather` of that `(rows, 3)` table merges all ranks exactly. No rank gathers a weight.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from hf_initvar.tracking.stats import FeatureSums, row_keys
 logger = logging.getLogger(__name__)
 
 SHARDINGS = ("none", "fsdp2", "fsdp1", "zero3")
+QUANTITIES = ("weight", "gradient", "update")
 
 
 @dataclass(frozen=True)
@@ -80,38 +82,55 @@ class ShardPlan:
         self.sharding = _detect_sharding(layout, self._fsdp1_index)
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world_size > 1 else 0
-        # Without sharding every rank holds the full weights (DDP), so world rank 0 alone computes.
+        # Without sharding every rank has the full weights (DDP), so world rank 0 alone computes.
         self.collective = self.sharding != "none" and self.world_size > 1
         self._pieces: list[Piece] = []
         self._targets: torch.Tensor | None = None
         self._device = torch.device("cpu")
-        self._out: torch.Tensor | None = None
+        self._outputs: dict[str, torch.Tensor] = {}
         self._feature_sums: FeatureSums | None = None
+        self._previous: dict[tuple[int, str], torch.Tensor] | None = None
         if self.sharding != "none":
             self._plan_pieces()
 
     def describe(self) -> str:
-        """One phrase for the start-of-training log line."""
+        """Return one phrase for the start-of-training log line."""
         if self.sharding == "none":
             return "unsharded weights (DDP or a single process): computed on rank 0, no collective"
         return f"{self.sharding} shards on {self.world_size} ranks: merged exactly with one all_gather per logged step"
 
     @torch.no_grad()
-    def compute(self, computes_here: bool) -> torch.Tensor | None:
+    def compute(self, computes_here: bool, quantity: str = "weight") -> torch.Tensor | None:
         """Return the merged `(rows, 3)` float64 moments `(count, mean, m2)`, on the weights' device.
 
         Every rank must call this at the same steps when `self.collective` is true. Without a
         collective, ranks other than the one passing `computes_here=True` return None at no cost.
+
+        Args:
+            computes_here: whether this rank needs the result (world rank 0, or every rank).
+            quantity: `weight`; `gradient`, the `.grad` of each weight (rows of a weight without
+                a gradient get count 0 and NaN statistics); or `update`, the change of each weight
+                since the previous `update` call. The first `update` call stores a copy of the
+                weights (or of this rank's shards) and returns None.
         """
+        if quantity not in QUANTITIES:
+            raise ValueError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
         if self.sharding == "none":
             if not computes_here:
                 return None
-            if self._out is None:
-                self._out = torch.empty((len(self.keys), 3), dtype=torch.float64, device=self._device_of_weights())
+            if self._feature_sums is None:
                 self._feature_sums = FeatureSums(self.layout, self.per_head)
-            return self._feature_sums.compute(self._out)
+            tensor_of = self._unsharded_tensors(quantity)
+            if tensor_of is None:
+                return None
+            if quantity not in self._outputs:
+                self._outputs[quantity] = torch.empty((len(self.keys), 3), dtype=torch.float64, device=self._device_of_weights())
+            return self._feature_sums.compute(self._outputs[quantity], tensor_of)
 
-        local = self._local_moments()
+        ranges = self._local_ranges(quantity)
+        if ranges is None:
+            return None
+        local = reduce_pieces(self._pieces, self._targets, ranges, self.per_head, len(self.keys), self._device)
         if not self.collective:
             return local if computes_here else None
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
@@ -123,25 +142,56 @@ class ShardPlan:
     def _device_of_weights(self) -> torch.device:
         return self.layout.placements[0].weight().device
 
-    def _local_moments(self) -> torch.Tensor:
-        ranges = [self._local_range(placement) for placement in self.layout.placements]
-        return reduce_pieces(self._pieces, self._targets, ranges, self.per_head, len(self.keys), self._device)
+    def _unsharded_tensors(self, quantity: str) -> Callable[[ProjectionPlacement], torch.Tensor] | None:
+        """Return a function giving each placement's full tensor of `quantity`, or None for a first update."""
+        if quantity == "weight":
+            return lambda placement: placement.weight()
+        if quantity == "gradient":
+            return lambda placement: _gradient_or_nan(placement.weight())
+        current = {_weight_key(placement): placement.weight().detach() for placement in self.layout.placements}
+        previous, self._previous = self._previous, {key: tensor.clone() for key, tensor in current.items()}
+        if previous is None:
+            return None
+        changes = {key: current[key] - previous[key] for key in current}
+        return lambda placement: changes[_weight_key(placement)]
 
-    def _local_range(self, placement: ProjectionPlacement) -> LocalRange | None:
-        """This rank's share of `placement`'s weight, or None when it holds nothing it should count."""
-        key = (id(placement.module), placement.parameter_name)
+    def _local_ranges(self, quantity: str) -> list[LocalRange | None] | None:
+        """Return this rank's share of every placement's `quantity`, or None for a first update."""
+        if quantity != "update":
+            return [self._local_range(placement, gradient=quantity == "gradient") for placement in self.layout.placements]
+        ranges = [self._local_range(placement) for placement in self.layout.placements]
+        current = {}
+        for placement, local in zip(self.layout.placements, ranges):
+            if local is not None:
+                current.setdefault(_weight_key(placement), local.flat)
+        previous, self._previous = self._previous, {key: flat.clone() for key, flat in current.items()}
+        if previous is None:
+            return None
+        changes = {key: current[key] - previous[key] for key in current}
+        return [
+            None if local is None else LocalRange(changes[_weight_key(placement)], local.start, local.shape)
+            for placement, local in zip(self.layout.placements, ranges)
+        ]
+
+    def _local_range(self, placement: ProjectionPlacement, gradient: bool = False) -> LocalRange | None:
+        """Return this rank's share of `placement`'s weight (or gradient), or None when it has nothing to count."""
+        key = _weight_key(placement)
         if key in self._fsdp1_index:
-            return _fsdp1_local_range(*self._fsdp1_index[key])
+            return _fsdp1_local_range(*self._fsdp1_index[key], gradient=gradient)
         parameter = placement.weight()
         if _is_dtensor(parameter):
-            return _dtensor_local_range(parameter)
+            tensor = parameter.grad if gradient else parameter
+            return None if tensor is None else _dtensor_local_range(tensor)
         if hasattr(parameter, "ds_tensor"):
+            if gradient:
+                raise ValueError("gradient statistics are not available under DeepSpeed ZeRO-3, whose gradients live in optimizer partitions")
             return _zero3_local_range(parameter)
         # A weight left whole inside a sharded model (ZeRO-3 persistent, FSDP-ignored): every
-        # rank holds the same copy, so only rank 0 counts it.
-        if self.rank != 0:
+        # rank has the same copy, so only rank 0 counts it.
+        tensor = parameter.grad if gradient else parameter
+        if self.rank != 0 or tensor is None:
             return None
-        return LocalRange(parameter.detach().reshape(-1), 0, tuple(parameter.shape))
+        return LocalRange(tensor.detach().reshape(-1), 0, tuple(parameter.shape))
 
     def _plan_pieces(self) -> None:
         ranges = [self._local_range(placement) for placement in self.layout.placements]
@@ -179,7 +229,11 @@ def reduce_pieces(
     out = torch.zeros((len(targets), 3), dtype=torch.float64, device=device)
     row = 0
     for piece in pieces:
-        flat = ranges[piece.placement_index].flat
+        local = ranges[piece.placement_index]
+        if local is None:  # a weight without a gradient: its rows keep count 0
+            row += 1 + (piece.size[0] if per_head else 0)
+            continue
+        flat = local.flat
         view = flat.as_strided(piece.size, piece.stride, flat.storage_offset() + piece.offset)
         variance, mean = torch.var_mean(view, correction=0)
         out[row, 0] = view.numel()
@@ -277,6 +331,15 @@ def _pieces_of(index: int, placement: ProjectionPlacement, local: LocalRange, pr
     return pieces
 
 
+def _weight_key(placement: ProjectionPlacement) -> tuple[int, str]:
+    return (id(placement.module), placement.parameter_name)
+
+
+def _gradient_or_nan(parameter: torch.Tensor) -> torch.Tensor:
+    """Return the parameter's gradient, or NaNs of its shape when it has none."""
+    return parameter.grad if parameter.grad is not None else torch.full_like(parameter, float("nan"))
+
+
 def _is_dtensor(tensor: torch.Tensor) -> bool:
     try:
         from torch.distributed.tensor import DTensor
@@ -352,7 +415,7 @@ def _fsdp1_parameter_index(model: nn.Module) -> dict[tuple[int, str], tuple[obje
     return index
 
 
-def _fsdp1_local_range(handle, position: int) -> LocalRange | None:
+def _fsdp1_local_range(handle, position: int, gradient: bool = False) -> LocalRange | None:
     flat_parameter = handle.flat_param
     shape = tuple(flat_parameter._shapes[position])
     if len(shape) != 2:
@@ -365,8 +428,13 @@ def _fsdp1_local_range(handle, position: int) -> LocalRange | None:
     if not info.in_shard:
         return None
     # `_local_shard` is this rank's padded shard; `data` points at it outside forward/backward.
-    local_shard = getattr(flat_parameter, "_local_shard", flat_parameter).detach()
-    flat = local_shard.narrow(0, info.offset_in_shard, info.numel_in_shard)
+    local_shard = getattr(flat_parameter, "_local_shard", flat_parameter)
+    if gradient:
+        # After backward, a sharded flat parameter's gradient has the shape of its local shard.
+        local_shard = flat_parameter.grad
+        if local_shard is None:
+            return None
+    flat = local_shard.detach().narrow(0, info.offset_in_shard, info.numel_in_shard)
     return LocalRange(flat, info.intra_param_start_idx, shape)
 
 
