@@ -184,12 +184,18 @@ def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, tar
         for column, projection in enumerate(PROJECTION_TITLES):
             axis = axes[row][column]
             outside_by_step = {}
+            occupied = []
             for index, step in enumerate(steps):
                 block = histograms[(histograms["layer"] == layer) & (histograms["projection"] == projection) & (histograms["step"] == step)]
                 if block.empty:
                     continue
                 centers, density, outside_by_step[step] = histogram_density(block)
                 axis.plot(centers, density, color=colormap(index / max(len(steps) - 1, 1)), linewidth=1.1, label=f"step {step}")
+                occupied.extend(centers[density > 0])
+            if occupied:
+                # Zoom to the occupied bins: a truncated init leaves most of a wide range empty.
+                half = max(abs(min(occupied)), abs(max(occupied))) * 1.1
+                axis.set_xlim(-half, half)
             if outside_by_step:
                 # Weights past the fixed bins are not drawn, so say how many there are.
                 last = max(outside_by_step)
