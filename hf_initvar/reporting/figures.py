@@ -81,7 +81,7 @@ def draw_variance_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def draw_variance_curves(frame: pd.DataFrame, path: Path, title: str, targets: dict[tuple[int, str], float] | None = None) -> Path:
-    """One panel per projection: the variance of every layer against the step, colored by depth.
+    """Draw the variance of every layer against the step, one panel per projection, colored by depth.
 
     With `targets`, each layer's intended init variance is a dashed line in the layer's color.
     """
