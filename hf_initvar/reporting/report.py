@@ -277,7 +277,9 @@ def equilibration_table_markdown(analysis: EquilibrationAnalysis, targets: dict[
     targets = targets or {}
     header = "| layer | proj | init target | step-0 variance | growth /1k steps | equilibrated at | band median | band 10–90 % | drift in window |"
     lines = [header, "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for _, row in analysis.projections().sort_values(["layer", "projection"]).iterrows():
+    order = {projection: index for index, projection in enumerate(PROJECTION_TITLES)}
+    rows = analysis.projections().sort_values(["layer", "projection"], key=lambda column: column.map(order) if column.name == "projection" else column)
+    for _, row in rows.iterrows():
         target = targets.get((row["layer"], row["projection"]))
         settled = f"{int(row['equilibration_step'])}" if row["settled"] else "not settled"
         lines.append(
