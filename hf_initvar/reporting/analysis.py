@@ -17,7 +17,8 @@ The equilibration rule (`EquilibrationRule`, the same text is in the docs):
 4. A series whose *drift* over the band window exceeds the tolerance has not equilibrated either,
    even when every point lies in the band. The drift is the slope of a straight-line fit over the
    window times the window's length, relative to the band median. A steady climb of 8 % over the
-   window stays within ±5 % of its own median, yet it is still climbing.
+   window stays within ±5 % of its own median, yet it is still climbing. A window of one logged
+   step has no drift to measure, so its series counts as not equilibrated.
 
 For an exponential approach v(t) = b + (v0 - b)·exp(-t/τ) the rule returns the first logged step
 at or after τ·ln(|v0 - b| / (tolerance·b)).

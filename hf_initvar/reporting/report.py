@@ -285,7 +285,7 @@ def equilibration_table_markdown(analysis: EquilibrationAnalysis, targets: dict[
         lines.append(
             f"| {row['layer']} | {row['projection']} | {_number(target)} | {_number(row['initial_variance'])} | "
             f"{row['growth_rate'] * 1000:+.2f} | {settled} | {_number(row['band_median'])} | "
-            f"{_number(row['band_low'])}–{_number(row['band_high'])} | {row['band_drift']:+.1%} |"
+            f"{_number(row['band_low'])}–{_number(row['band_high'])} | {_percent(row['band_drift'])} |"
         )
     return "\n".join(lines)
 
@@ -300,6 +300,10 @@ def head_spread_markdown(spread: pd.DataFrame) -> str:
             f"{row['band_ratio']:.2f} | {row['settled_heads']} | {steps} |"
         )
     return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return f"{value:+.1%}" if math.isfinite(value) else "–"
 
 
 def _number(value: float | None) -> str:
