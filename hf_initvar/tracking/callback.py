@@ -3,6 +3,7 @@
 Events used:
 
 - `on_train_begin`: find the attention layout, open the history, log step 0 (or the resumed step).
+- `on_pre_optimizer_step`: with `track_gradients`, reduce the gradients of a step on the interval.
 - `on_step_end`: every `every_n_steps` optimizer steps, log one row block.
 - `on_save`: copy the history next to the checkpoint, so a resume finds it.
 - `on_train_end`: log the last step if the interval skipped it, close the history, draw the figures.
@@ -200,7 +201,7 @@ class VarianceCallback(TrainerCallback, ExportableState):
                 logger.info("VarianceCallback: wrote %s", path)
 
     def state(self) -> dict[str, Any]:
-        """The constructor arguments, stored in `trainer_state.json` with every checkpoint."""
+        """Return the constructor arguments, stored in `trainer_state.json` with every checkpoint."""
         return {"args": dict(self._constructor_args), "attributes": {}}
 
     # One logged step
