@@ -124,6 +124,7 @@ def test_config_rejects_invalid_values(kwargs, expected):
         ReluMLPConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_trainer_trains_and_evaluates_with_shipped_metrics(tmp_path):
     from transformers import Trainer, TrainingArguments
 

@@ -92,6 +92,10 @@ class ReluMLP(PreTrainedModel):
     `SequenceClassifierOutput` whose `loss` is the mean cross-entropy when `labels` are given. With
     `output_hidden_states=True`, `hidden_states` contains each linear layer's output before the
     activation (the pre-activations), layer 0 first and the logits last.
+
+    NOTE: `VarianceCallback` tracks attention Q/K/V weights and has no layout for this model.
+    Its per-layer statistics come from `hidden_states` and from
+    `hf_initvar.experiments.batched.init_statistics`.
     """
 
     config_class = ReluMLPConfig
