@@ -115,7 +115,9 @@ def run(arguments, directory: str) -> tuple[dict[str, list[list[float]]], list[f
             times[variant].append([step(variant) for _ in range(arguments.steps_per_block)])
             if variant == "watch":
                 wandb.run.unwatch(model)
-        print(f"round {round_index + 1}/{arguments.rounds}: " + ", ".join(f"{v} {statistics.median(times[v][-1]):.3f} s" for v in VARIANTS), flush=True)
+        own = statistics.median(callback_seconds[-arguments.steps_per_block :])
+        medians = ", ".join(f"{v} {statistics.median(times[v][-1]):.3f} s" for v in VARIANTS)
+        print(f"round {round_index + 1}/{arguments.rounds}: {medians}; callback's own work {own * 1e3:.1f} ms", flush=True)
     variance_handler.on_train_end(args, state, control)
     wandb.finish()
     return times, callback_seconds
