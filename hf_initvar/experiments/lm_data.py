@@ -139,7 +139,7 @@ def _load_files(train_file: str, validation_file: str | None, cache_dir: str | N
 
 
 def text_column(dataset: Dataset) -> str:
-    """The column to tokenize: `text` when present, else the first string column."""
+    """Return the column to tokenize: `text` when present, else the first string column."""
     if "text" in dataset.column_names:
         return "text"
     for name, feature in dataset.features.items():
@@ -181,7 +181,7 @@ def train_or_load_tokenizer(
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, unk_token=END_OF_TEXT
     )
-    # Write to a temporary folder and rename, so a crash or a second process never sees half a tokenizer.
+    # Write to a temporary folder and rename it, so a crash or a second process never reads half a tokenizer.
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     tokenizer.save_pretrained(staging)
     if folder.exists():
