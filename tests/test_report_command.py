@@ -12,7 +12,7 @@ import pytest
 
 from hf_initvar.cli import main
 from hf_initvar.tracking.histograms import load_histograms
-from tests.wandb_records import read_history
+from wandb_records import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_FILES = {
