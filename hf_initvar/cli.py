@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,20 +97,15 @@ def _add_sweep(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    import time
-
-    from hf_initvar.experiments.arguments import dataclass_from_args
     from hf_initvar.experiments.sweep import SweepConfig, format_band_table, run_sweep
     from hf_initvar.reporting.mlp_plots import draw_sweep_figures, log_sweep_to_wandb
 
     started = time.perf_counter()
-    _set_threads(args.num_threads)
-    try:
-        config = dataclass_from_args(SweepConfig, args)
-        summary = run_sweep(config, args.output_dir, progress=not args.no_progress)
-    except ValueError as error:
-        print(f"hf-initvar sweep: error: {error}", file=sys.stderr)
+    result = _run_mlp_experiment(args, "sweep", SweepConfig, run_sweep)
+    if result is None:
         return 2
+    config, summary = result
+
     paths = draw_sweep_figures(args.output_dir)
     sizes = "-".join(map(str, summary["layer_sizes"]))
     grid_factor = (config.std_max / config.std_min) ** (1 / (config.num_stds - 1))
@@ -141,20 +137,15 @@ def _add_compare(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    import time
-
-    from hf_initvar.experiments.arguments import dataclass_from_args
     from hf_initvar.experiments.compare import CompareConfig, format_summary_table, run_compare
     from hf_initvar.reporting.mlp_plots import draw_compare_figures
 
     started = time.perf_counter()
-    _set_threads(args.num_threads)
-    try:
-        config = dataclass_from_args(CompareConfig, args)
-        summary = run_compare(config, args.output_dir, progress=not args.no_progress)
-    except ValueError as error:
-        print(f"hf-initvar compare: error: {error}", file=sys.stderr)
+    result = _run_mlp_experiment(args, "compare", CompareConfig, run_compare)
+    if result is None:
         return 2
+    config, summary = result
+
     paths = draw_compare_figures(args.output_dir)
     sizes = "-".join(map(str, summary["layer_sizes"]))
     print(f"{summary['dataset']['name']}, MLP {sizes}, {config.optimizer} lr {config.learning_rate}, {config.epochs} epochs")
@@ -163,6 +154,20 @@ def _run_compare(args: argparse.Namespace) -> int:
         print(path)
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _run_mlp_experiment(args: argparse.Namespace, command: str, config_class: type, run) -> tuple | None:
+    """Build the experiment's config from the flags and run it; print the error and return None on invalid input."""
+    from hf_initvar.experiments.arguments import dataclass_from_args
+
+    _set_threads(args.num_threads)
+    try:
+        config = dataclass_from_args(config_class, args)
+        summary = run(config, args.output_dir, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"hf-initvar {command}: error: {error}", file=sys.stderr)
+        return None
+    return config, summary
 
 
 def _add_experiment_output_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
