@@ -166,11 +166,13 @@ def run_trainer(mode: str, output_dir: Path) -> None:
         import deepspeed
 
         weight = model.transformer.h[0].attn.c_attn.weight
-        assert weight.data.numel() == 0 and weight.ds_tensor.numel() < weight.ds_numel, "ZeRO-3 did not partition"
+        assert weight.data.numel() == 0, "ZeRO-3 left the full weight in param.data"
+        assert weight.ds_tensor.numel() < weight.ds_numel, "ZeRO-3 did not partition the weight"
         with deepspeed.zero.GatheredParameters(list(model.parameters())):
             weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     else:
-        assert trainer.args.world_size == 2 and dist.get_world_size() == 2, "DDP did not start 2 processes"
+        assert trainer.args.world_size == 2, "the Trainer did not see 2 processes"
+        assert dist.get_world_size() == 2, "DDP did not start 2 processes"
         weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     with open(output_dir / "gpt2" / f"sharding_rank{dist.get_rank()}.txt", "w") as handle:
         handle.write(callback._plan.sharding)

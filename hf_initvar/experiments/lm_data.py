@@ -2,7 +2,7 @@
 
 With no data flags the corpus is real text that every Python installation carries: the help
 topics of `pydoc_data.topics` (English prose about the language) and the source files of the
-standard library. Each topic or file is one document; a document goes to validation when the
+standard library. Each topic or file is one document. A document goes to validation when the
 SHA-1 of its name falls in the validation share, so the split is the same on every run for a given
 Python version.
 """

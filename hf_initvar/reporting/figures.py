@@ -62,7 +62,7 @@ def variance_grid(frame: pd.DataFrame, projection: str) -> tuple[np.ndarray, np.
 
 
 def draw_variance_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
-    """One panel per projection: layers on the y axis, steps on the x axis, variance as color (log scale)."""
+    """Draw one panel per projection: layers on the y axis, steps on the x axis, variance as color (log scale)."""
     grids = {projection: variance_grid(frame, projection) for projection in PROJECTION_TITLES}
     positive = np.concatenate([grid[2][np.isfinite(grid[2]) & (grid[2] > 0)] for grid in grids.values()])
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None

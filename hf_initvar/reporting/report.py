@@ -197,7 +197,7 @@ def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, tar
                 half = max(abs(min(occupied)), abs(max(occupied))) * 1.1
                 axis.set_xlim(-half, half)
             if outside_by_step:
-                # Weights past the fixed bins are not drawn, so say how many there are.
+                # Weights past the fixed bins are not drawn, so the panel prints their share.
                 last = max(outside_by_step)
                 axis.text(0.02, 0.95, f"outside the bins at step {last}: {outside_by_step[last]:.1%}", transform=axis.transAxes, fontsize="small", va="top")
             if (layer, projection) in targets and targets[(layer, projection)] > 0:

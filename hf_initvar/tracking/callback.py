@@ -193,8 +193,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
             return
         self._writer.close()
         if self.figures:
-            # Figures are drawn from the saved history, the same way `hf-initvar plot` draws them
-            # later; reporting sits below tracking, so it is imported only here, at the end.
+            # Figures are drawn from the saved history, the same way `hf-initvar plot` draws them later.
+            # Reporting sits below tracking, so it is imported only here, at the end of training.
             from hf_initvar.reporting.figures import draw_history_figures
 
             for path in draw_history_figures(self._writer.directory):

@@ -112,7 +112,7 @@ def find_history_dir(path: str | os.PathLike) -> Path:
 
 
 def read_logged_steps(directory: str | os.PathLike) -> list[int]:
-    """The distinct steps present in a history, in file order."""
+    """Return the distinct steps present in a history, in file order."""
     path = Path(directory) / HISTORY_FILE
     if not path.exists():
         return []

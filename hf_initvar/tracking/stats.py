@@ -22,7 +22,7 @@ STATISTICS = ("variance", "std", "mean", "rms")
 
 
 def row_keys(layout: AttentionLayout, per_head: bool) -> list[tuple[int, str, int]]:
-    """The `(layer, projection, head)` key of every row, in the order `compute_moments` writes them.
+    """Return the `(layer, projection, head)` key of every row, in the order `compute_moments` writes them.
 
     `head` is -1 for the row over the whole projection.
     """
