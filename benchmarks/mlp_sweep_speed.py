@@ -11,7 +11,9 @@ each round so that a change in machine load hits all of them alike:
 - the same models one after another through the Hugging Face `Trainer`,
 - a large float32 matmul, whose FLOP rate is the ceiling the stacked sweep is compared with.
 
-It prints the median over rounds of each time, the per-round ratios, and the stacked sweep's FLOP
+Before the timed rounds, each variant runs once untimed (the Trainer on its first 3 models only),
+so that one-time costs such as the first allocations of the step's buffers and the math library's
+thread start-up fall on no timed round. It prints the median over rounds of each time, the per-round ratios, and the stacked sweep's FLOP
 rate as a fraction of the matmul rate. The FLOP count is that of the matmuls only (forward 2P,
 backward 4P minus the first layer's input gradient, per sample, for P weights).
 """
@@ -53,12 +55,11 @@ def main() -> None:
     schedule = TrainingSchedule("sgd", 0.01, args.epochs, args.batch_size)
     flops = count_flops(models[0], len(data.train_labels), args.epochs) * len(models)
 
-    variants = {
-        "stacked sweep": lambda: time_stacked(models, grid, data, schedule),
-        "tight loop": lambda: time_loop(models, grid, data, schedule),
-    }
-    if not args.skip_trainer:
-        variants["HF Trainer"] = lambda: time_trainer(models, grid, data, args)
+    variants = build_variants(models, grid, data, schedule, args)
+    for name, variant in build_variants(models, grid, data, schedule, args, trainer_models=3).items():
+        started = time.perf_counter()
+        variant()
+        print(f"warm-up: {name} {time.perf_counter() - started:.1f} s (untimed)", flush=True)
 
     times = {name: [] for name in variants}
     matmul_rates = []
@@ -72,6 +73,18 @@ def main() -> None:
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} s" for n in names), flush=True)
 
     report(times, matmul_rates, flops, models, data, args)
+
+
+def build_variants(models, grid, data, schedule, args, trainer_models: int | None = None) -> dict:
+    """Return the timed variants by name; the Trainer one trains only the first `trainer_models` models when given."""
+    variants = {
+        "stacked sweep": lambda: time_stacked(models, grid, data, schedule),
+        "tight loop": lambda: time_loop(models, grid, data, schedule),
+    }
+    if not args.skip_trainer:
+        count = len(models) if trainer_models is None else trainer_models
+        variants["HF Trainer"] = lambda: time_trainer(models[:count], grid[:count], data, args)
+    return variants
 
 
 def build_models(grid, data, args) -> list[ReluMLP]:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hf_initvar.experiments.batched import (
+    FusedSGD,
     StackedMLP,
     TrainingSchedule,
     init_statistics,
@@ -54,8 +55,12 @@ def _outcome(losses, model_logits, data, ratio):
 
 @pytest.mark.parametrize(
     "schedule",
-    [TrainingSchedule("sgd", 0.1, epochs=4, batch_size=32, momentum=0.9), TrainingSchedule("adam", 3e-3, epochs=4, batch_size=32)],
-    ids=["sgd", "adam"],
+    [
+        TrainingSchedule("sgd", 0.1, epochs=4, batch_size=32),
+        TrainingSchedule("sgd", 0.1, epochs=4, batch_size=32, momentum=0.9),
+        TrainingSchedule("adam", 3e-3, epochs=4, batch_size=32),
+    ],
+    ids=["sgd", "sgd_momentum", "adam"],
 )
 def test_stacked_training_matches_one_at_a_time(digits, schedule):
     models = _models(STDS, SEEDS)
@@ -144,3 +149,83 @@ def test_copy_into_restores_a_trained_model(digits):
 
     with torch.no_grad():
         torch.testing.assert_close(restored(digits.test_features).logits, stacked_logits(stacked, digits.test_features)[1])
+
+
+def _small_models(activation, bias, count=3):
+    models = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        config = ReluMLPConfig(input_size=12, hidden_sizes=[16, 8], num_labels=5, activation=activation, bias=bias,
+                               init_scheme="normal", init_args={"std": 0.4})
+        model = ReluMLP(config).double()
+        if bias:
+            # Zero biases would hide a wrong bias gradient behind a zero update; give them values.
+            for layer in model.layers:
+                torch.nn.init.normal_(layer.bias, std=0.3)
+        models.append(model)
+    return models
+
+
+def _batch(count, generator_seed=0):
+    generator = torch.Generator().manual_seed(generator_seed)
+    features = torch.randn(count, 20, 12, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 5, (count, 20), generator=generator)
+    return features, labels
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+def test_train_step_gradients_match_autograd(activation, bias):
+    models = _small_models(activation, bias)
+    features, labels = _batch(len(models))
+    reference = StackedMLP(models, dtype=torch.float64)
+    reference_losses = reference.per_model_loss(features, labels)
+    reference_losses.sum().backward()
+
+    stacked = StackedMLP(models, dtype=torch.float64)
+    losses = stacked.train_step(features, labels)
+
+    torch.testing.assert_close(losses, reference_losses.detach(), rtol=1e-13, atol=0)
+    for layer, (weight, expected) in enumerate(zip(stacked.weights, reference.weights)):
+        torch.testing.assert_close(weight.grad, expected.grad, rtol=1e-12, atol=1e-15, msg=f"weight {layer}")
+    if bias:
+        for layer, (bias_parameter, expected) in enumerate(zip(stacked.biases, reference.biases)):
+            torch.testing.assert_close(bias_parameter.grad, expected.grad, rtol=1e-12, atol=1e-15, msg=f"bias {layer}")
+
+
+def test_train_step_overwrites_stored_gradients():
+    models = _small_models("relu", bias=True)
+    stacked = StackedMLP(models, dtype=torch.float64)
+    first_features, first_labels = _batch(len(models), generator_seed=0)
+    second_features, second_labels = _batch(len(models), generator_seed=1)
+    stacked.train_step(first_features, first_labels)
+    stacked.train_step(second_features, second_labels)
+    second_gradient = stacked.weights[1].grad.clone()
+
+    fresh = StackedMLP(models, dtype=torch.float64)
+    fresh.train_step(second_features, second_labels)
+
+    # The second step's gradient replaces the first one instead of adding to it.
+    torch.testing.assert_close(second_gradient, fresh.weights[1].grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["plain", "momentum"])
+def test_fused_sgd_matches_torch_sgd(momentum):
+    models = _small_models("gelu", bias=True)
+    fused = StackedMLP(models, dtype=torch.float64)
+    reference = StackedMLP(models, dtype=torch.float64)
+    sgd = FusedSGD(learning_rate=0.2, momentum=momentum)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.2, momentum=momentum)
+
+    for step in range(4):
+        features, labels = _batch(len(models), generator_seed=step)
+        fused.train_step(features, labels, sgd)
+        optimizer.zero_grad()
+        reference.per_model_loss(features, labels).sum().backward()
+        optimizer.step()
+
+    for layer, (weight, expected) in enumerate(zip(fused.weights, reference.weights)):
+        torch.testing.assert_close(weight.detach(), expected.detach(), rtol=1e-12, atol=1e-14, msg=f"weight {layer}")
+    for layer, (bias_parameter, expected) in enumerate(zip(fused.biases, reference.biases)):
+        torch.testing.assert_close(bias_parameter.detach(), expected.detach(), rtol=1e-12, atol=1e-14, msg=f"bias {layer}")
+    assert all(weight.grad is None for weight in fused.weights)
