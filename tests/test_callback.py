@@ -179,7 +179,7 @@ def test_model_without_layout_fails_at_train_begin(tmp_path):
 
     model = BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=50))
     model.config.model_type = "unknown_arch"
-    with pytest.raises(ValueError, match="no Q/K/V layout for model type 'unknown_arch'"):
+    with pytest.raises(ValueError, match="no weight layout for model type 'unknown_arch'"):
         _train(model, tmp_path, VarianceCallback(figures=False), max_steps=1)
 
 

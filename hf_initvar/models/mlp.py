@@ -14,7 +14,7 @@ import logging
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hf_initvar.init import classify_parameters, draw_parameters, resolve_scheme
@@ -93,9 +93,9 @@ class ReluMLP(PreTrainedModel):
     `output_hidden_states=True`, `hidden_states` contains each linear layer's output before the
     activation (the pre-activations), layer 0 first and the logits last.
 
-    NOTE: `VarianceCallback` tracks attention Q/K/V weights and has no layout for this model.
-    Its per-layer statistics come from `hidden_states` and from
-    `hf_initvar.experiments.batched.init_statistics`.
+    `VarianceCallback` tracks the weight of every entry of `layers` (projection `weight`, metric
+    keys `mlp/variance/layer_03/weight`). Activation and gradient variances at initialization come
+    from `hidden_states` and from `hf_initvar.experiments.batched.init_statistics`.
     """
 
     config_class = ReluMLPConfig
@@ -148,6 +148,11 @@ class ReluMLP(PreTrainedModel):
         own = {name: info for name, info in infos.items() if name.startswith(f"layers.{index}.")}
         scheme = resolve_scheme(self.config.init_scheme, **self.config.init_args)
         draw_parameters(self, scheme, own)
+
+
+# `AutoConfig.from_pretrained` / `AutoModel.from_pretrained` then load a saved ReluMLP by its model_type.
+AutoConfig.register(ReluMLPConfig.model_type, ReluMLPConfig)
+AutoModel.register(ReluMLPConfig, ReluMLP)
 
 
 def _did_you_mean(name: str, choices) -> str:

@@ -20,7 +20,18 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from hf_initvar.tracking.history import find_history_dir, load_history  # noqa: E402
 
-PROJECTION_TITLES = {"q": "Query", "k": "Key", "v": "Value"}
+PROJECTION_TITLES = {"q": "Query", "k": "Key", "v": "Value", "weight": "Linear weight"}
+
+
+def projection_order(frame: pd.DataFrame) -> list[str]:
+    """Return the projections present in `frame`: Q, K, V (or an MLP's `weight`) first, then others sorted."""
+    present = set(frame["projection"].astype(str))
+    return [name for name in PROJECTION_TITLES if name in present] + sorted(present - set(PROJECTION_TITLES))
+
+
+def projection_title(projection: str) -> str:
+    """Return the panel title of a projection, e.g. `Query` for `q`."""
+    return PROJECTION_TITLES.get(projection, projection)
 
 
 def draw_history_figures(
@@ -63,14 +74,14 @@ def variance_grid(frame: pd.DataFrame, projection: str) -> tuple[np.ndarray, np.
 
 def draw_variance_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
     """Draw one panel per projection: layers on the y axis, steps on the x axis, variance as color (log scale)."""
-    grids = {projection: variance_grid(frame, projection) for projection in PROJECTION_TITLES}
+    grids = {projection: variance_grid(frame, projection) for projection in projection_order(frame)}
     positive = np.concatenate([grid[2][np.isfinite(grid[2]) & (grid[2] > 0)] for grid in grids.values()])
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True, constrained_layout=True)
+    figure, axes = _panels(len(grids))
     for axis, (projection, (steps, layers, variance)) in zip(axes, grids.items()):
         image = axis.pcolormesh(_edges(steps), _edges(layers), variance, norm=norm, cmap="viridis", shading="flat")
-        axis.set_title(PROJECTION_TITLES[projection])
+        axis.set_title(projection_title(projection))
         axis.set_xlabel("optimizer step")
     axes[0].set_ylabel("layer")
     figure.colorbar(image, ax=axes, label="weight variance", shrink=0.9)
@@ -85,9 +96,10 @@ def draw_variance_curves(frame: pd.DataFrame, path: Path, title: str, targets: d
 
     With `targets`, each layer's intended init variance is a dashed line in the layer's color.
     """
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True, constrained_layout=True)
+    projections = projection_order(frame)
+    figure, axes = _panels(len(projections))
     colormap = plt.get_cmap("plasma")
-    for axis, projection in zip(axes, PROJECTION_TITLES):
+    for axis, projection in zip(axes, projections):
         steps, layers, variance = variance_grid(frame, projection)
         for row, layer in enumerate(layers):
             color = colormap(row / max(len(layers) - 1, 1))
@@ -95,7 +107,7 @@ def draw_variance_curves(frame: pd.DataFrame, path: Path, title: str, targets: d
             if targets and (int(layer), projection) in targets:
                 axis.axhline(targets[(int(layer), projection)], color=color, linestyle="--", linewidth=0.8, alpha=0.7)
         axis.set_yscale("log")
-        axis.set_title(PROJECTION_TITLES[projection])
+        axis.set_title(projection_title(projection))
         axis.set_xlabel("optimizer step")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("weight variance" + (" (dashed: init target)" if targets else ""))
@@ -104,6 +116,12 @@ def draw_variance_curves(frame: pd.DataFrame, path: Path, title: str, targets: d
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _panels(count: int):
+    """Return a figure with `count` side-by-side panels sharing the y axis, and the panels as a list."""
+    figure, axes = plt.subplots(1, count, figsize=(5 * count + 1, 4.5), sharey=True, constrained_layout=True, squeeze=False)
+    return figure, list(axes[0])
 
 
 def _edges(centers: np.ndarray) -> np.ndarray:
@@ -116,8 +134,12 @@ def _edges(centers: np.ndarray) -> np.ndarray:
 
 
 def _title(meta: dict) -> str:
+    model = meta.get("model_type") or meta.get("layout")
+    if meta.get("projections") == ["weight"]:
+        subject, parts = "Layer weight variance", [f"{model}: {meta.get('n_layer')} linear layers"]
+    else:
+        subject, parts = "Q/K/V weight variance", [f"{model}: {meta.get('n_layer')} layers, {meta.get('n_head')} heads"]
     scheme = meta.get("init_scheme")
-    parts = [f"{meta.get('model_type') or meta.get('layout')}: {meta.get('n_layer')} layers, {meta.get('n_head')} heads"]
     if scheme:
         parts.append(f"init {scheme}")
-    return "Q/K/V weight variance — " + ", ".join(parts)
+    return f"{subject} — " + ", ".join(parts)

@@ -31,7 +31,14 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from hf_initvar.reporting.analysis import EquilibrationAnalysis, EquilibrationRule, analyze_history, weight_rows  # noqa: E402
-from hf_initvar.reporting.figures import PROJECTION_TITLES, _title, draw_variance_curves, draw_variance_heatmap, variance_grid  # noqa: E402
+from hf_initvar.reporting.figures import (  # noqa: E402
+    _title,
+    draw_variance_curves,
+    draw_variance_heatmap,
+    projection_order,
+    projection_title,
+    variance_grid,
+)
 from hf_initvar.reporting.targets import intended_variances  # noqa: E402
 from hf_initvar.tracking.histograms import HISTOGRAMS_FILENAME, load_histograms  # noqa: E402
 from hf_initvar.tracking.history import find_history_dir, load_history  # noqa: E402
@@ -39,8 +46,8 @@ from hf_initvar.tracking.history import find_history_dir, load_history  # noqa: 
 logger = logging.getLogger(__name__)
 
 REPORT_DIRNAME = "report"
-PROJECTION_MARKERS = {"q": "o", "k": "s", "v": "^"}
-PROJECTION_COLORS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green"}
+PROJECTION_MARKERS = {"q": "o", "k": "s", "v": "^", "weight": "o"}
+PROJECTION_COLORS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "weight": "tab:purple"}
 
 
 @dataclass
@@ -113,17 +120,17 @@ def draw_equilibration(analysis: EquilibrationAnalysis, path: Path, title: str, 
     table = analysis.projections()
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     ceiling = analysis.last_step * 1.05
-    for projection in PROJECTION_TITLES:
+    for projection in projection_order(table):
         rows = table[table["projection"] == projection].sort_values("layer")
-        style = {"color": PROJECTION_COLORS[projection], "marker": PROJECTION_MARKERS[projection]}
+        style = {"color": PROJECTION_COLORS.get(projection, "tab:gray"), "marker": PROJECTION_MARKERS.get(projection, "o")}
         settled = rows[rows["settled"]]
-        axes[0].plot(settled["layer"], settled["equilibration_step"], linestyle="-", label=PROJECTION_TITLES[projection], **style)
+        axes[0].plot(settled["layer"], settled["equilibration_step"], linestyle="-", label=projection_title(projection), **style)
         unsettled = rows[~rows["settled"]]
         if not unsettled.empty:
             axes[0].scatter(unsettled["layer"], np.full(len(unsettled), ceiling), facecolors="none", edgecolors=style["color"], marker=style["marker"])
-        axes[1].plot(rows["layer"], rows["growth_rate"] * 1000, linestyle="-", label=PROJECTION_TITLES[projection], **style)
+        axes[1].plot(rows["layer"], rows["growth_rate"] * 1000, linestyle="-", label=projection_title(projection), **style)
         errors = np.vstack([rows["band_median"] - rows["band_low"], rows["band_high"] - rows["band_median"]])
-        axes[2].errorbar(rows["layer"], rows["band_median"], yerr=errors, capsize=2, label=PROJECTION_TITLES[projection], **style)
+        axes[2].errorbar(rows["layer"], rows["band_median"], yerr=errors, capsize=2, label=projection_title(projection), **style)
         target_layers = [layer for layer in rows["layer"] if (layer, projection) in targets]
         if target_layers:
             axes[2].plot(target_layers, [targets[(layer, projection)] for layer in target_layers], linestyle="--", color=style["color"], linewidth=0.8)
@@ -152,9 +159,11 @@ def draw_head_bands(analysis: EquilibrationAnalysis, path: Path, title: str) -> 
     """Draw every head's band median against layer, one panel per projection, with the whole projection's band."""
     heads = analysis.table[analysis.table["head"] >= 0]
     whole = analysis.projections()
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True, constrained_layout=True)
+    projections = projection_order(whole)
+    figure, axes = plt.subplots(1, len(projections), figsize=(5 * len(projections), 4.2), sharey=True, constrained_layout=True, squeeze=False)
+    axes = axes[0]
     colormap = plt.get_cmap("tab10")
-    for axis, projection in zip(axes, PROJECTION_TITLES):
+    for axis, projection in zip(axes, projections):
         rows = heads[heads["projection"] == projection]
         for head, group in rows.groupby("head"):
             group = group.sort_values("layer")
@@ -162,7 +171,7 @@ def draw_head_bands(analysis: EquilibrationAnalysis, path: Path, title: str) -> 
         projection_rows = whole[whole["projection"] == projection].sort_values("layer")
         axis.plot(projection_rows["layer"], projection_rows["band_median"], color="black", linewidth=2, label="whole projection")
         axis.set_yscale("log")
-        axis.set_title(PROJECTION_TITLES[projection])
+        axis.set_title(projection_title(projection))
         axis.set_xlabel("layer")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(True, which="both", alpha=0.3)
@@ -178,10 +187,13 @@ def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, tar
     """Draw one density curve per recorded step, a row per recorded layer and a column per projection, with the init target dashed."""
     layers = sorted(histograms["layer"].unique())
     steps = sorted(histograms["step"].unique())
+    projections = projection_order(histograms)
     colormap = plt.get_cmap("viridis")
-    figure, axes = plt.subplots(len(layers), 3, figsize=(15, 3.2 * len(layers)), squeeze=False, constrained_layout=True)
+    figure, axes = plt.subplots(
+        len(layers), len(projections), figsize=(max(8, 5 * len(projections)), 3.2 * len(layers)), squeeze=False, constrained_layout=True
+    )
     for row, layer in enumerate(layers):
-        for column, projection in enumerate(PROJECTION_TITLES):
+        for column, projection in enumerate(projections):
             axis = axes[row][column]
             outside_by_step = {}
             occupied = []
@@ -206,7 +218,7 @@ def draw_weight_histograms(histograms: pd.DataFrame, path: Path, title: str, tar
                 axis.plot(grid, np.exp(-0.5 * (grid / std) ** 2) / (std * math.sqrt(2 * math.pi)), "k--", linewidth=0.8, label="init target N(0, σ²)")
             axis.set_yscale("log")
             axis.set_ylim(bottom=1e-2)
-            axis.set_title(f"layer {layer} — {PROJECTION_TITLES[projection]}")
+            axis.set_title(f"layer {layer} — {projection_title(projection)}")
             axis.set_xlabel("weight")
             axis.grid(True, alpha=0.3)
         axes[row][0].set_ylabel("density")
@@ -277,7 +289,7 @@ def equilibration_table_markdown(analysis: EquilibrationAnalysis, targets: dict[
     targets = targets or {}
     header = "| layer | proj | init target | step-0 variance | growth /1k steps | equilibrated at | band median | band 10–90 % | drift in window |"
     lines = [header, "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {projection: index for index, projection in enumerate(PROJECTION_TITLES)}
+    order = {projection: index for index, projection in enumerate(projection_order(analysis.table))}
     rows = analysis.projections().sort_values(["layer", "projection"], key=lambda column: column.map(order) if column.name == "projection" else column)
     for _, row in rows.iterrows():
         target = targets.get((row["layer"], row["projection"]))
@@ -359,23 +371,25 @@ def compare_runs(
 
 def draw_compare_curves(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]], path: Path) -> Path:
     """Draw the first, middle and last layer of every run, one panel per projection and one color per run."""
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True, constrained_layout=True)
+    projections = projection_order(runs[0][1])
+    figure, axes = plt.subplots(1, len(projections), figsize=(5 * len(projections), 4.5), sharey=True, constrained_layout=True, squeeze=False)
+    axes = axes[0]
     colormap = plt.get_cmap("tab10")
     line_styles = ["-", "--", ":"]
     for run_index, (label, frame, analysis) in enumerate(runs):
-        for axis, projection in zip(axes, PROJECTION_TITLES):
+        for axis, projection in zip(axes, projections):
             steps, layers, variance = variance_grid(frame, projection)
             chosen = sorted({0, len(layers) // 2, len(layers) - 1})
             for style, row in zip(line_styles, chosen):
                 axis.plot(steps, variance[row], color=colormap(run_index % 10), linestyle=style, linewidth=1.2, label=f"{label}, layer {layers[row]}")
-    for axis, projection in zip(axes, PROJECTION_TITLES):
+    for axis, projection in zip(axes, projections):
         axis.set_yscale("log")
-        axis.set_title(PROJECTION_TITLES[projection])
+        axis.set_title(projection_title(projection))
         axis.set_xlabel("optimizer step")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("weight variance")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
-    figure.suptitle("Q/K/V weight variance: first, middle and last layer of each run")
+    figure.suptitle(f"{'/'.join(projections)} weight variance: first, middle and last layer of each run")
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
@@ -383,12 +397,13 @@ def draw_compare_curves(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysi
 
 def draw_compare_equilibration(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]], path: Path) -> Path:
     """Draw the equilibration step (top row) and band median (bottom row) per layer, one color per run."""
-    figure, axes = plt.subplots(2, 3, figsize=(15, 7.5), sharex=True, constrained_layout=True)
+    projections = projection_order(runs[0][2].projections())
+    figure, axes = plt.subplots(2, len(projections), figsize=(5 * len(projections), 7.5), sharex=True, constrained_layout=True, squeeze=False)
     colormap = plt.get_cmap("tab10")
     for run_index, (label, _, analysis) in enumerate(runs):
         table = analysis.projections()
         color = colormap(run_index % 10)
-        for column, projection in enumerate(PROJECTION_TITLES):
+        for column, projection in enumerate(projections):
             rows = table[table["projection"] == projection].sort_values("layer")
             settled = rows[rows["settled"]]
             axes[0][column].plot(settled["layer"], settled["equilibration_step"], marker="o", color=color, label=label)
@@ -398,9 +413,9 @@ def draw_compare_equilibration(runs: list[tuple[str, pd.DataFrame, Equilibration
                 height = analysis.last_step * (1.04 + 0.04 * run_index)
                 axes[0][column].scatter(unsettled["layer"], np.full(len(unsettled), height), facecolors="none", edgecolors=color, marker="o")
             axes[1][column].plot(rows["layer"], rows["band_median"], marker="o", color=color, label=label)
-    for column, projection in enumerate(PROJECTION_TITLES):
-        axes[0][column].set_title(f"{PROJECTION_TITLES[projection]}: equilibration step (open: not settled)")
-        axes[1][column].set_title(f"{PROJECTION_TITLES[projection]}: band median")
+    for column, projection in enumerate(projections):
+        axes[0][column].set_title(f"{projection_title(projection)}: equilibration step (open: not settled)")
+        axes[1][column].set_title(f"{projection_title(projection)}: band median")
         axes[1][column].set_yscale("log")
         axes[1][column].set_xlabel("layer")
         axes[1][column].xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -416,20 +431,24 @@ def draw_compare_equilibration(runs: list[tuple[str, pd.DataFrame, Equilibration
 
 def compare_markdown(runs: list[tuple[str, pd.DataFrame, EquilibrationAnalysis]]) -> str:
     """Build the text of `compare.md`: one summary line per run, the verdicts, then the figures."""
+    projections = projection_order(runs[0][2].projections())
+    names = [projection.upper() if len(projection) == 1 else projection for projection in projections]
     lines = [
         "# Comparison of runs",
         "",
         f"Equilibration rule: {runs[0][2].rule.describe()}",
         "",
-        "| run | steps | settled series | median equilibration step | band median Q | band median K | band median V | band / step 0, Q / K / V |",
-        "|:---|---:|---:|---:|---:|---:|---:|:---:|",
+        "| run | steps | settled series | median equilibration step | "
+        + " | ".join(f"band median {name}" for name in names)
+        + f" | band / step 0, {' / '.join(names)} |",
+        "|:---|---:|---:|---:|" + "---:|" * len(names) + ":---:|",
     ]
     for label, _, analysis in runs:
         table = analysis.projections()
         settled = table[table["settled"]]
         median_step = f"{settled['equilibration_step'].median():.0f}" if not settled.empty else "–"
-        bands = [_number(float(table.loc[table["projection"] == projection, "band_median"].median())) for projection in PROJECTION_TITLES]
-        ratios = [f"{float((rows['band_median'] / rows['initial_variance']).median()):.2f}" for rows in (table[table["projection"] == projection] for projection in PROJECTION_TITLES)]
+        bands = [_number(float(table.loc[table["projection"] == projection, "band_median"].median())) for projection in projections]
+        ratios = [f"{float((rows['band_median'] / rows['initial_variance']).median()):.2f}" for rows in (table[table["projection"] == projection] for projection in projections)]
         lines.append(f"| {label} | {analysis.last_step} | {len(settled)}/{len(table)} | {median_step} | " + " | ".join(bands) + f" | {' / '.join(ratios)} |")
     lines += ["", "Band medians and band / step-0 ratios are medians over layers.", ""]
     for label, _, analysis in runs:

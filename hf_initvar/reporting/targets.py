@@ -1,6 +1,6 @@
 """The Q/K/V variance an init scheme intends, read back for a saved run.
 
-The target is the square of the std the scheme draws each layer's Q/K/V with
+The target is the square of the std the scheme draws each layer's Q/K/V (or an MLP layer's weight) with
 (`hf_initvar.init.intended_stds`), on a model built on the meta device from the run's
 `config.json` (or, without one, from the sizes in the history's `meta.json`).
 """
@@ -17,7 +17,15 @@ from hf_initvar.init import classify_parameters, intended_stds
 
 logger = logging.getLogger(__name__)
 
-_QKV_ROLES = {"qkv": ("q", "k", "v"), "q": ("q",), "k": ("k",), "v": ("v",)}
+# Init roles of the tracked weights, and the history projections each role's weight holds.
+_ROLE_PROJECTIONS = {
+    "qkv": ("q", "k", "v"),
+    "q": ("q",),
+    "k": ("k",),
+    "v": ("v",),
+    "hidden": ("weight",),
+    "classifier": ("weight",),
+}
 
 
 def intended_variances(meta: dict[str, Any], run_dir: str | os.PathLike | None = None) -> dict[tuple[int, str], float]:
@@ -44,8 +52,8 @@ def intended_variances(meta: dict[str, Any], run_dir: str | os.PathLike | None =
 
     targets = {}
     for name, info in infos.items():
-        if info.role in _QKV_ROLES and name.endswith("weight") and info.layer is not None and stds.get(name) is not None:
-            for projection in _QKV_ROLES[info.role]:
+        if info.role in _ROLE_PROJECTIONS and name.endswith("weight") and info.layer is not None and stds.get(name) is not None:
+            for projection in _ROLE_PROJECTIONS[info.role]:
                 targets[(info.layer, projection)] = stds[name] ** 2
     return targets
 
@@ -53,6 +61,8 @@ def intended_variances(meta: dict[str, Any], run_dir: str | os.PathLike | None =
 def _meta_model(meta: dict[str, Any], run_dir: str | os.PathLike | None):
     import torch
     import transformers
+
+    import hf_initvar.models.mlp  # noqa: F401  (registers ReluMLP with the Auto classes)
 
     config_path = Path(run_dir) / "config.json" if run_dir is not None else None
     if config_path is not None and config_path.is_file():

@@ -1,5 +1,7 @@
 """`VarianceCallback`: layer-wise Q/K/V weight statistics for any `transformers.Trainer` run.
 
+The same callback tracks the linear layers of a `ReluMLP` (`hf_initvar.tracking.layouts.relu_mlp_layout`).
+
 Events used:
 
 - `on_train_begin`: find the attention layout, open the history, log step 0 (or the resumed step).
@@ -40,18 +42,24 @@ HISTORY_DIRNAME = "variance"
 REPORTED_STATISTICS = ("variance", "std", "mean")
 
 
-def metric_key(statistic: str, layer: int, projection: str, head: int = -1, quantity: str = "weight") -> str:
+def metric_key(
+    statistic: str, layer: int, projection: str, head: int = -1, quantity: str = "weight", prefix: str = "qkv"
+) -> str:
     """Key under which a statistic reaches the reporters: `qkv/variance/layer_03/k` or `…/k/head_07`.
 
-    Gradient and update statistics use the prefixes `qkv_gradient/` and `qkv_update/`.
+    Gradient and update statistics use the prefixes `qkv_gradient/` and `qkv_update/`. A `ReluMLP`
+    layout has the prefix `mlp`, giving `mlp/variance/layer_03/weight`.
     """
-    prefix = "qkv" if quantity == "weight" else f"qkv_{quantity}"
+    if quantity != "weight":
+        prefix = f"{prefix}_{quantity}"
     key = f"{prefix}/{statistic}/layer_{layer:02d}/{projection}"
     return key if head < 0 else f"{key}/head_{head:02d}"
 
 
 class VarianceCallback(TrainerCallback, ExportableState):
     """Log the variance, std, mean and RMS of every layer's Q, K and V weights during training.
+
+    For a `ReluMLP` it logs those of every linear layer's weight instead (projection `weight`).
 
     Statistics are taken at step 0 (before any update) and every `every_n_steps` optimizer steps,
     keyed by `state.global_step`, so gradient accumulation still gives one row per optimizer step.
@@ -144,8 +152,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
                 _restore_history_from_checkpoint(_resumed_checkpoint(args, state), state, directory)
             self._writer = HistoryWriter(directory, self._meta(model), resume_step=resume_step)
             logger.info(
-                "VarianceCallback: tracking Q/K/V of %d layers x 3 projections%s (%s layout) every %d steps, "
-                "%s, into %s; reporting to %s",
+                "VarianceCallback: tracking %s of %d layers%s (%s layout) every %d steps, %s, into %s; reporting to %s",
+                "/".join(self._layout.projections),
                 self._layout.n_layer,
                 f" x {self._layout.n_head} heads" if self.per_head else "",
                 self._layout.name,
@@ -241,9 +249,9 @@ class VarianceCallback(TrainerCallback, ExportableState):
             for quantity, other in others.items():
                 for i, (layer, projection, head) in enumerate(self._keys):
                     if head < 0:
-                        metrics[metric_key("variance", layer, projection, quantity=quantity)] = float(other["variance"][i])
-                        metrics[metric_key("rms", layer, projection, quantity=quantity)] = float(other["rms"][i])
-            metrics["qkv/nonfinite_rows"] = nonfinite_rows
+                        metrics[self._key("variance", layer, projection, quantity=quantity)] = float(other["variance"][i])
+                        metrics[self._key("rms", layer, projection, quantity=quantity)] = float(other["rms"][i])
+            metrics[f"{self._layout.metric_prefix}/nonfinite_rows"] = nonfinite_rows
             for reporter in self._reporters:
                 reporter.on_log(args, state, control, logs=dict(metrics), model=model)
 
@@ -257,9 +265,10 @@ class VarianceCallback(TrainerCallback, ExportableState):
         # One warning when the count first rises, not one per step.
         if state.is_world_process_zero and nonfinite_rows > self._nonfinite_rows:
             logger.warning(
-                "VarianceCallback: %d of %d Q/K/V statistics rows are NaN or infinite at step %d%s",
+                "VarianceCallback: %d of %d %s statistics rows are NaN or infinite at step %d%s",
                 nonfinite_rows,
                 len(self._keys),
+                "/".join(self._layout.projections),
                 state.global_step,
                 "; stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "",
             )
@@ -278,10 +287,13 @@ class VarianceCallback(TrainerCallback, ExportableState):
             # Per-head rows send only their variance, which keeps a 12-head model at ~500 keys a step.
             names = REPORTED_STATISTICS if head < 0 else ("variance",)
             for name in names:
-                metrics[metric_key(name, layer, projection, head)] = float(statistics[name][i])
+                metrics[self._key(name, layer, projection, head)] = float(statistics[name][i])
             if head < 0 and np.isfinite(self._intended_variance[i]):
-                metrics[metric_key("variance_ratio", layer, projection)] = float(statistics["variance_ratio"][i])
+                metrics[self._key("variance_ratio", layer, projection)] = float(statistics["variance_ratio"][i])
         return metrics
+
+    def _key(self, statistic: str, layer: int, projection: str, head: int = -1, quantity: str = "weight") -> str:
+        return metric_key(statistic, layer, projection, head, quantity, prefix=self._layout.metric_prefix)
 
     def _resolve_history_dir(self, args: TrainingArguments) -> Path:
         if self.history_dir is not None:
@@ -300,7 +312,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
             "n_kv_head": self._layout.n_kv_head,
             "head_dim": self._layout.head_dim,
             "sharding": self._plan.sharding,
-            "projections": ["q", "k", "v"],
+            "projections": list(self._layout.projections),
+            "metric_prefix": self._layout.metric_prefix,
             "every_n_steps": self.every_n_steps,
             "quantities": ["weight"] + ["gradient"] * self.track_gradients + ["update"] * self.track_updates,
             "per_head": self.per_head,

@@ -1,5 +1,7 @@
-"""Where the Q, K and V weights of each attention layer live, per architecture.
+"""Where the tracked weights of each layer live, per architecture.
 
+For transformers the tracked weights are the Q, K and V projections of each attention layer. For
+`ReluMLP` they are the weights of its linear layers, one projection named `weight` per layer.
 A layout lists one `ProjectionPlacement` per (layer, projection): the module and parameter holding
 the weight, the axis of that weight that indexes output features, and where each head's
 `head_dim` features start along that axis. From a placement and the full weight,
@@ -19,6 +21,8 @@ import torch
 from torch import nn
 
 PROJECTIONS = ("q", "k", "v")
+# The one projection of each `ReluMLP` layer: its whole linear weight.
+MLP_PROJECTION = "weight"
 
 # Wrapper modules that insert a level into parameter names (FSDP1, activation checkpointing,
 # torch.compile); their prefixes are dropped so names match the unwrapped model's.
@@ -43,7 +47,7 @@ class ProjectionPlacement:
 
     Attributes:
         layer: 0-based layer index.
-        projection: `q`, `k` or `v`.
+        projection: `q`, `k` or `v` for attention, `weight` for an MLP layer.
         module: the module that owns the weight.
         parameter_name: attribute name of the weight on `module`.
         name: the weight's qualified name in the model (as `named_parameters` gives it).
@@ -67,8 +71,8 @@ class ProjectionPlacement:
     head_stride: int = 0
 
     def __post_init__(self):
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if not self.projection:
+            raise ValueError(f"{self.name}: projection needs a name such as 'q', got {self.projection!r}")
         if self.feature_axis not in (0, 1):
             raise ValueError(f"feature_axis must be 0 ([out, in] weights) or 1 ([in, out] weights), got {self.feature_axis!r}")
         if self.head_stride == 0:
@@ -103,14 +107,17 @@ class ProjectionPlacement:
 
 @dataclass(frozen=True)
 class AttentionLayout:
-    """The attention geometry of a model: one placement per (layer, projection), layer-major.
+    """The tracked geometry of a model: one placement per (layer, projection), layer-major.
 
     Attributes:
         name: layout name, stored in the history's metadata.
         placements: Q, K, V placements of layer 0, then layer 1, and so on.
-        n_head: query heads per layer.
-        head_dim: features per head.
+        n_head: query heads per layer (1 for an MLP).
+        head_dim: features per head (an MLP's widest layer output).
         n_kv_head: key/value heads per layer (fewer than `n_head` under grouped-query attention).
+        projections: names of the projections of a layer, in order.
+        metric_prefix: first part of the metric keys sent to reporters, e.g. `qkv` in
+            `qkv/variance/layer_03/k`.
     """
 
     name: str
@@ -118,11 +125,16 @@ class AttentionLayout:
     n_head: int
     head_dim: int
     n_kv_head: int = 0
+    projections: tuple[str, ...] = PROJECTIONS
+    metric_prefix: str = "qkv"
     n_layer: int = field(init=False)
 
     def __post_init__(self):
         if not self.placements:
             raise ValueError(f"layout {self.name!r} has no placements")
+        unknown = sorted({placement.projection for placement in self.placements} - set(self.projections))
+        if unknown:
+            raise ValueError(f"layout {self.name!r} has placements of projections {unknown}, not among its projections {list(self.projections)}")
         if self.n_kv_head == 0:
             object.__setattr__(self, "n_kv_head", self.n_head)
         object.__setattr__(self, "n_layer", 1 + max(placement.layer for placement in self.placements))
@@ -177,7 +189,7 @@ def detect_layout(model: nn.Module) -> AttentionLayout:
         close = difflib.get_close_matches(str(model_type), known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ValueError(
-            f"no Q/K/V layout for model type {model_type!r} ({type(model).__name__}).{hint} "
+            f"no weight layout for model type {model_type!r} ({type(model).__name__}).{hint} "
             f"Supported model types: {', '.join(known)}. Register one with "
             "hf_initvar.tracking.register_layout."
         )
@@ -347,3 +359,31 @@ def opt_layout(model: nn.Module) -> AttentionLayout:
     decoder = getattr(base, "decoder", base)
     attentions = [layer.self_attn for layer in decoder.layers]
     return _separate_projections(model, "opt", attentions, ("q_proj", "k_proj", "v_proj"), n_head, n_head, head_dim)
+
+
+@register_layout("relu_mlp")
+def relu_mlp_layout(model: nn.Module) -> AttentionLayout:
+    """`ReluMLP`: every entry of `layers` is an `nn.Linear` (`[out, in]`), tracked whole as projection `weight`.
+
+    The classifier, the last entry, is tracked too. Each layer is one "head" spanning all its
+    output features, so per-head rows repeat the whole-layer rows.
+    """
+    names = qualified_names(model)
+    widths = model.config.layer_sizes[1:]
+    placements = []
+    for layer, linear in enumerate(_base_model(model).layers):
+        module = unwrap(linear)
+        placements.append(
+            ProjectionPlacement(
+                layer=layer,
+                projection=MLP_PROJECTION,
+                module=module,
+                parameter_name="weight",
+                name=f"{names[id(module)]}.weight",
+                n_heads=1,
+                head_dim=widths[layer],
+            )
+        )
+    return AttentionLayout(
+        "relu_mlp", placements, n_head=1, head_dim=max(widths), projections=(MLP_PROJECTION,), metric_prefix="mlp"
+    )
