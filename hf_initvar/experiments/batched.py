@@ -7,7 +7,7 @@ enough that the matmul time, not Python, dominates.
 
 A training step runs the backward pass by hand rather than through autograd
 (`StackedMLP.train_step`). Measured with `benchmarks/mlp_sweep_speed.py` on 2 CPU cores, the bmms
-took about 90% of an autograd step; the rest went to allocating gradient tensors and to the
+took about 90% of an autograd step. The rest went to allocating gradient tensors and to the
 optimizer's separate pass over them. By hand, the gradients of Adam's parameters go into buffers
 reused every step, and SGD takes its step inside the weight-gradient matmul (`baddbmm_`), so no
 gradient tensor is written at all.
@@ -195,7 +195,7 @@ class StackedMLP(nn.Module):
                 pre_activations.append(hidden)
                 hidden = self.activation(hidden)
 
-        # Mean cross-entropy per model; its gradient with respect to the logits is
+        # Mean cross-entropy per model. Its gradient with respect to the logits is
         # (softmax - one_hot(labels)) / batch.
         batch = labels.shape[1]
         log_probs = torch.log_softmax(hidden, dim=-1)

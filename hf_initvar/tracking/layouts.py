@@ -72,7 +72,7 @@ class ProjectionPlacement:
 
     def __post_init__(self):
         if not self.projection:
-            raise ValueError(f"{self.name}: projection needs a name such as 'q', got {self.projection!r}")
+            raise ValueError(f"{self.name}: missing projection name (such as 'q' or 'weight'), got {self.projection!r}")
         if self.feature_axis not in (0, 1):
             raise ValueError(f"feature_axis must be 0 ([out, in] weights) or 1 ([in, out] weights), got {self.feature_axis!r}")
         if self.head_stride == 0:
