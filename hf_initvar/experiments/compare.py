@@ -47,7 +47,9 @@ class CompareConfig:
     Attributes:
         schemes: init scheme names of the registry (`hf_initvar.init.list_schemes()`).
         seeds: seeds of the weights and of the data order, at least 2 for a confidence interval.
-        dataset: `digits`, `wine`, or an image-classification dataset name for `datasets`.
+        dataset: `digits`, `wine`, a Hub image-classification dataset id such as `mnist` (needs the
+            Hub or its cache), or a local folder of images (`<folder>/<class_name>/<image>`),
+            parquet or arrow files, or a `save_to_disk` output.
         hidden_size: width of every hidden layer.
         num_hidden_layers: number of hidden layers.
         activation: `relu`, `gelu` or `tanh`.

@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
 # Bundled with scikit-learn, so they load without a download.
 SKLEARN_DATASETS = ("digits", "wine")
+
+_DECODE_BATCH_SIZE = 1000
+
+_LOCAL_FOLDER_HELP = (
+    "A local dataset is a folder in the imagefolder layout (`<folder>/<class_name>/<image>`), a folder of "
+    "parquet or arrow files with an image and a label column, or a folder written by `save_to_disk`."
+)
 
 
 @dataclass
@@ -73,22 +88,31 @@ def load_classification_data(
 
     Args:
         name: `digits` (1797 8x8 images, 64 features, 10 classes) or `wine` (178 samples, 13
-            features, 3 classes), both bundled with scikit-learn; any other name is loaded with
-            `datasets.load_dataset(name)` as an image-classification set (e.g. `mnist`), which needs
-            the Hub or a local cache.
+            features, 3 classes), both bundled with scikit-learn. Any other name is an
+            image-classification dataset that `datasets` loads: a local folder in the imagefolder
+            layout (`<folder>/<class_name>/<image>`, labels from the sorted class folder names), a
+            folder of parquet or arrow files, a folder written by `save_to_disk`, or a Hub dataset
+            id such as `mnist`, which needs the Hub or, with `HF_HUB_OFFLINE=1`, its local cache.
+            Its `train` split is used, and each image is flattened to `height * width * channels`
+            features in that order.
         test_fraction: share of the samples held out for testing, in (0, 1).
         seed: seed of the shuffle that makes the split.
         max_samples: keep at most this many samples (a stratified subset) before splitting; None keeps all.
 
     Returns:
         The standardized split.
+
+    Raises:
+        ValueError: if `test_fraction` is outside (0, 1), or the dataset cannot be loaded, has no
+            `train` split, no image or label column, non-integer or negative labels, or images of
+            different shapes.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if name in SKLEARN_DATASETS:
         features, labels = _load_sklearn(name)
     else:
-        features, labels = _load_hub_images(name)
+        features, labels = _load_images(name)
 
     from sklearn.model_selection import train_test_split
 
@@ -131,20 +155,69 @@ def _load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
     return bunch.data.astype(np.float64), bunch.target.astype(np.int64)
 
 
-def _load_hub_images(name: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_images(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Load the `train` split of an image-classification dataset and flatten each image to a vector."""
+    dataset = _load_train_split(name)
+    image_column, label_column = _find_columns(dataset, name)
+    return _flatten_images(dataset, image_column, name), _read_labels(dataset, label_column, name)
+
+
+def _load_train_split(name: str) -> datasets.Dataset:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        splits = _load_local_folder(path, name)
+    elif path.exists():
+        raise ValueError(f"dataset path {name!r} is a file. {_LOCAL_FOLDER_HELP}")
+    elif _is_path_like(name):
+        raise ValueError(f"dataset folder {name!r} not found. {_LOCAL_FOLDER_HELP}")
+    else:
+        splits = _load_from_hub(name)
+
+    if "train" not in splits:
+        raise ValueError(
+            f"dataset {name!r} has no 'train' split. Found splits: {list(splits)}. Put the training images "
+            "in a `train` subfolder, or name the training data files `train-*.parquet` or `train-*.arrow`."
+        )
+    return splits["train"]
+
+
+def _is_path_like(name: str) -> bool:
+    # A Hub dataset id is `name` or `owner/name` of letters, digits, `-`, `_` and `.`, and it does not
+    # start with `.`. So a name that starts with `.`, `~` or `/`, ends with `/` or has two slashes is a path.
+    return name.startswith((".", "~")) or os.path.isabs(name) or name.endswith("/") or name.count("/") > 1
+
+
+def _load_local_folder(path: Path, name: str) -> Mapping[str, datasets.Dataset]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split="train")
+        if (path / datasets.config.DATASET_STATE_JSON_FILENAME).exists():
+            return {"train": datasets.load_from_disk(str(path))}
+        if (path / datasets.config.DATASETDICT_JSON_FILENAME).exists():
+            return datasets.load_from_disk(str(path))
+        return datasets.load_dataset(str(path))
+    except Exception as error:  # datasets raises several unrelated types for unreadable folders
+        raise ValueError(
+            f"could not load dataset folder {name!r} ({type(error).__name__}: {error}). {_LOCAL_FOLDER_HELP}"
+        ) from error
+
+
+def _load_from_hub(name: str) -> Mapping[str, datasets.Dataset]:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name)
     except Exception as error:  # datasets raises several unrelated types for "not found" and "offline"
         close = difflib.get_close_matches(name, SKLEARN_DATASETS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close else "."
         raise ValueError(
-            f"could not load dataset {name!r} with datasets.load_dataset ({type(error).__name__}: {error}){hint} "
+            f"could not load dataset {name!r} from the Hub or its cache with datasets.load_dataset "
+            f"({type(error).__name__}: {error}){hint} No local folder {name!r} exists either. "
             f"The bundled datasets {list(SKLEARN_DATASETS)} need no download."
         ) from error
 
+
+def _find_columns(dataset: datasets.Dataset, name: str) -> tuple[str, str]:
     image_column = next((c for c in ("image", "img", "pixel_values") if c in dataset.column_names), None)
     label_column = next((c for c in ("label", "labels") if c in dataset.column_names), None)
     if image_column is None or label_column is None:
@@ -152,6 +225,60 @@ def _load_hub_images(name: str) -> tuple[np.ndarray, np.ndarray]:
             f"dataset {name!r} has columns {dataset.column_names}; expected an image column "
             "('image', 'img' or 'pixel_values') and a label column ('label' or 'labels')"
         )
-    features = np.stack([np.asarray(image, dtype=np.float64).reshape(-1) for image in dataset[image_column]])
-    labels = np.asarray(dataset[label_column], dtype=np.int64)
-    return features, labels
+    return image_column, label_column
+
+
+def _flatten_images(dataset: datasets.Dataset, image_column: str, name: str) -> np.ndarray:
+    """Decode the images batch by batch into one float64 `(num_images, height * width * channels)` array."""
+    if len(dataset) == 0:
+        raise ValueError(f"the 'train' split of dataset {name!r} contains no samples")
+
+    # The numpy format decodes a whole batch into one array, which is faster than converting
+    # each PIL image on its own.
+    images = dataset.select_columns([image_column]).with_format("numpy")
+    features = None
+    image_shape = None
+    start = 0
+    for batch in images.iter(batch_size=_DECODE_BATCH_SIZE):
+        pixels = _stack_images(batch[image_column], name)
+        if features is None:
+            image_shape = pixels.shape[1:]
+            features = np.empty((len(images), math.prod(image_shape)), dtype=np.float64)
+        elif pixels.shape[1:] != image_shape:
+            raise _image_shape_error(name, image_shape, pixels.shape[1:])
+        features[start : start + len(pixels)] = pixels.reshape(len(pixels), -1)
+        start += len(pixels)
+    return features
+
+
+def _stack_images(pixels: np.ndarray, name: str) -> np.ndarray:
+    # The numpy format returns an object array when the images of a batch differ in shape or dtype.
+    if pixels.dtype != object:
+        return pixels
+    first_shape = np.shape(pixels[0])
+    for image in pixels:
+        if np.shape(image) != first_shape:
+            raise _image_shape_error(name, first_shape, np.shape(image))
+    return np.stack([np.asarray(image, dtype=np.float64) for image in pixels])
+
+
+def _image_shape_error(name: str, shape: tuple[int, ...], other_shape: tuple[int, ...]) -> ValueError:
+    return ValueError(
+        f"dataset {name!r} contains images of shape {shape} and of shape {other_shape}. All images must "
+        "have one size and one number of channels, so resize or convert them first."
+    )
+
+
+def _read_labels(dataset: datasets.Dataset, label_column: str, name: str) -> np.ndarray:
+    labels = np.asarray(dataset[label_column])
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"label column {label_column!r} of dataset {name!r} has dtype {labels.dtype}, but the labels "
+            "must be integer class ids, e.g. a datasets.ClassLabel column"
+        )
+    if labels.min() < 0:
+        raise ValueError(
+            f"label column {label_column!r} of dataset {name!r} contains the negative label {labels.min()}. "
+            "datasets.ClassLabel stores a missing label as -1, so drop those samples first."
+        )
+    return labels.astype(np.int64)

@@ -56,7 +56,9 @@ class SweepConfig:
     """Everything that defines a sweep; saved next to its results.
 
     Attributes:
-        dataset: `digits`, `wine`, or an image-classification dataset name for `datasets`.
+        dataset: `digits`, `wine`, a Hub image-classification dataset id such as `mnist` (needs the
+            Hub or its cache), or a local folder of images (`<folder>/<class_name>/<image>`),
+            parquet or arrow files, or a `save_to_disk` output.
         hidden_size: width of every hidden layer.
         num_hidden_layers: number of hidden layers.
         activation: `relu`, `gelu` or `tanh`.
