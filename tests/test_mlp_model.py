@@ -85,6 +85,23 @@ def test_save_pretrained_reload_keeps_weights_and_scheme(tmp_path):
     assert reloaded.config.init_args == {"std": 0.3}
 
 
+def test_auto_model_loads_saved_mlp(tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(0)
+    model = ReluMLP(ReluMLPConfig(hidden_sizes=[12, 8], num_labels=3, activation="tanh", bias=True))
+    model.save_pretrained(tmp_path)
+
+    config = AutoConfig.from_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+
+    assert isinstance(config, ReluMLPConfig)
+    assert isinstance(loaded, ReluMLP)
+    assert config.hidden_sizes == [12, 8]
+    for original, reloaded in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(original, reloaded)
+
+
 def test_hidden_states_are_pre_activations():
     torch.manual_seed(0)
     model = ReluMLP(ReluMLPConfig(input_size=8, hidden_sizes=[12, 12], num_labels=3))
