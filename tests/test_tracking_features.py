@@ -153,8 +153,11 @@ def test_gradient_and_update_rows_match_tensors(tiny_gpt2, tmp_path):
         head_row = updates[(updates["step"] == step) & (updates["layer"] == 0) & (updates["projection"] == "k") & (updates["head"] == 2)]
         assert gradient_row["variance"].item() == pytest.approx(k_gradient.var(unbiased=False).item(), rel=1e-9)
         assert gradient_row["rms"].item() == pytest.approx(k_gradient.pow(2).mean().sqrt().item(), rel=1e-9)
-        assert update_row["variance"].item() == pytest.approx(k_update.var(unbiased=False).item(), rel=1e-9)
-        assert head_row["variance"].item() == pytest.approx(k_update[:, 16:24].var(unbiased=False).item(), rel=1e-9)
+        # The callback subtracts the float32 weights in float32, the reference in float64. Each
+        # element of the update is then rounded by up to 2**-24 of itself, so its variance by up to
+        # about 2 * 2**-24 = 1.2e-7.
+        assert update_row["variance"].item() == pytest.approx(k_update.var(unbiased=False).item(), rel=2.5e-7)
+        assert head_row["variance"].item() == pytest.approx(k_update[:, 16:24].var(unbiased=False).item(), rel=2.5e-7)
 
 
 def test_gradient_metric_keys_reach_tensorboard(tiny_gpt2, tmp_path, monkeypatch):

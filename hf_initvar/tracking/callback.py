@@ -153,7 +153,7 @@ class VarianceCallback(TrainerCallback, ExportableState):
             self._writer = HistoryWriter(directory, self._meta(model), resume_step=resume_step)
             logger.info(
                 "VarianceCallback: tracking %s of %d layers%s (%s layout) every %d steps, %s, into %s; reporting to %s",
-                "/".join(self._layout.projections),
+                self._layout.label,
                 self._layout.n_layer,
                 f" x {self._layout.n_head} heads" if self.per_head else "",
                 self._layout.name,
@@ -268,7 +268,7 @@ class VarianceCallback(TrainerCallback, ExportableState):
                 "VarianceCallback: %d of %d %s statistics rows are NaN or infinite at step %d%s",
                 nonfinite_rows,
                 len(self._keys),
-                "/".join(self._layout.projections),
+                self._layout.label,
                 state.global_step,
                 "; stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "",
             )

@@ -140,6 +140,11 @@ class AttentionLayout:
         object.__setattr__(self, "n_layer", 1 + max(placement.layer for placement in self.placements))
 
     @property
+    def label(self) -> str:
+        """Return the tracked weights for messages: `Q/K/V`, or the projection names joined by `/`."""
+        return "Q/K/V" if self.projections == PROJECTIONS else "/".join(self.projections)
+
+    @property
     def n_rows(self) -> int:
         """Number of (layer, projection) entries a logged step produces."""
         return len(self.placements)
