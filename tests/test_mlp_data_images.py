@@ -144,6 +144,28 @@ def test_rgb_images_flatten_channels_last(tmp_path):
     np.testing.assert_allclose(data.train_features.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_palette_images_read_as_rgb(tmp_path):
+    # Palette index i maps to the color (i, 255 - i, 3i mod 256), so red equals the index.
+    palette = np.stack([np.arange(256), 255 - np.arange(256), (3 * np.arange(256)) % 256], axis=1).astype(np.uint8)
+    pixels = []
+    for class_index, class_name in enumerate(CLASS_NAMES):
+        (tmp_path / "images" / class_name).mkdir(parents=True)
+        for position in range(PER_CLASS):
+            sample_id = class_index * PER_CLASS + position
+            indices = make_pixels(sample_id, (6, 5))
+            image = Image.fromarray(indices, mode="P")
+            image.putpalette(palette.flatten().tolist())
+            image.save(tmp_path / "images" / class_name / f"{sample_id:03d}.png")
+            pixels.append(palette[indices])
+
+    data = load_classification_data(str(tmp_path / "images"))
+
+    assert data.num_features == 6 * 5 * 3
+    train_ids, _ = sample_ids(data)
+    expected = expected_features(np.stack(pixels), train_ids, train_ids)
+    np.testing.assert_allclose(data.train_features.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_decode_batch_size_keeps_features(tmp_path, monkeypatch):
     write_image_folder(tmp_path / "images")
     whole = load_classification_data(str(tmp_path / "images"))

@@ -233,9 +233,15 @@ def _flatten_images(dataset: datasets.Dataset, image_column: str, name: str) -> 
     if len(dataset) == 0:
         raise ValueError(f"the 'train' split of dataset {name!r} contains no samples")
 
+    images = dataset.select_columns([image_column])
+    if _has_palette_images(images, image_column):
+        import datasets
+
+        # A palette ("P") image decodes to palette indices, which are not intensities.
+        images = images.cast_column(image_column, datasets.Image(mode="RGB"))
     # The numpy format decodes a whole batch into one array, which is faster than converting
     # each PIL image on its own.
-    images = dataset.select_columns([image_column]).with_format("numpy")
+    images = images.with_format("numpy")
     features = None
     image_shape = None
     start = 0
@@ -249,6 +255,17 @@ def _flatten_images(dataset: datasets.Dataset, image_column: str, name: str) -> 
         features[start : start + len(pixels)] = pixels.reshape(len(pixels), -1)
         start += len(pixels)
     return features
+
+
+def _has_palette_images(dataset: datasets.Dataset, image_column: str) -> bool:
+    """Return whether `image_column` is a `datasets.Image` column whose first image is in palette mode."""
+    import datasets
+
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        return False
+    # NOTE: only the first image is checked, so palette images after a grayscale first image
+    # would still be read as indices.
+    return getattr(dataset[0][image_column], "mode", None) == "P"
 
 
 def _stack_images(pixels: np.ndarray, name: str) -> np.ndarray:
