@@ -129,7 +129,7 @@ def _add_compare(subcommands: argparse._SubParsersAction) -> None:
         "compare",
         help="Kaiming fan-in vs Xavier vs torch default on a ReLU MLP over seeds, with 95%% CIs",
         description="Train one ReLU MLP per (init scheme, seed) on identical data orders and report mean "
-        "loss curves with 95%% confidence intervals, steps to a loss threshold and final test accuracy.",
+        "loss curves with 95% confidence intervals, steps to a loss threshold and final test accuracy.",
     )
     add_dataclass_arguments(parser, CompareConfig)
     _add_experiment_output_arguments(parser, "runs/kaiming_vs_xavier")
