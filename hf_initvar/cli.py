@@ -185,6 +185,8 @@ def _add_experiment_output_arguments(parser: argparse.ArgumentParser, default_di
 
 
 def _set_threads(num_threads: int | None) -> None:
+    if num_threads is not None and num_threads < 1:
+        raise SystemExit(f"hf-initvar: error: --num_threads must be at least 1, got {num_threads}")
     if num_threads is not None:
         import torch
 

@@ -101,6 +101,16 @@ def test_single_seed_is_rejected():
         CompareConfig(seeds=[0])
 
 
+def test_repeated_seed_is_rejected():
+    with pytest.raises(ValueError, match=r"seeds must be distinct, got \[0, 0\]"):
+        CompareConfig(seeds=[0, 0])
+
+
+def test_linear_model_is_rejected():
+    with pytest.raises(ValueError, match="num_hidden_layers must be at least 1.*got 0"):
+        CompareConfig(num_hidden_layers=0)
+
+
 def test_cli_compare_reports_unknown_scheme(tmp_path, capsys):
     code = cli_main(["compare", "--output_dir", str(tmp_path), "--schemes", "kaiming_normall"])
 

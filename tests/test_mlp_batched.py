@@ -136,7 +136,7 @@ def test_stacking_rejects_mixed_architectures():
 
 
 def test_unknown_optimizer_is_rejected():
-    with pytest.raises(ValueError, match="did you mean 'adam'"):
+    with pytest.raises(ValueError, match="Did you mean 'adam'"):
         TrainingSchedule("adma")
 
 

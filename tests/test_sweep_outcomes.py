@@ -164,7 +164,7 @@ def test_confidence_interval_uses_student_t():
 def test_invalid_grid_is_rejected():
     with pytest.raises(ValueError, match="std_min < std_max"):
         SweepConfig(std_min=1.0, std_max=0.1)
-    with pytest.raises(ValueError, match="did you mean 'adam'"):
+    with pytest.raises(ValueError, match="Did you mean 'adam'"):
         SweepConfig(optimizers=["sgd", "adamw"])
 
 
@@ -181,11 +181,41 @@ def test_cli_sweep_prints_band_table(tmp_path, capsys):
     assert (tmp_path / "sweep_loss_accuracy.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"seeds": [1, 1, 1]}, r"seeds must be distinct, got \[1, 1, 1\]"),
+        ({"num_hidden_layers": -1}, "num_hidden_layers must be at least 1 for a ReLU network, got -1"),
+        ({"init_batch_size": 0}, "init_batch_size must be at least 1, got 0"),
+        ({"max_samples": 0}, "max_samples must be at least 1"),
+    ],
+    ids=["repeated_seeds", "negative_depth", "empty_init_batch", "no_samples"],
+)
+def test_sweep_config_rejects_invalid_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SweepConfig(**overrides)
+
+
+def test_accuracy_interval_clipped_to_unit_range():
+    mean, low, high = mean_confidence_interval([0.6, 0.99, 0.95], limits=(0.0, 1.0))
+
+    assert mean == pytest.approx(0.8466666666666667)
+    assert high == 1.0
+    unclipped_low = mean_confidence_interval([0.6, 0.99, 0.95])[1]
+    assert low == pytest.approx(unclipped_low)
+
+
+def test_cli_rejects_zero_threads(tmp_path):
+    with pytest.raises(SystemExit, match="--num_threads must be at least 1, got 0"):
+        cli_main(["sweep", "--output_dir", str(tmp_path), "--num_threads", "0"])
+    assert not tmp_path.joinpath("sweep.json").exists()
+
+
 def test_cli_sweep_reports_invalid_optimizer(tmp_path, capsys):
     code = cli_main(["sweep", "--output_dir", str(tmp_path), "--optimizers", "sdg"])
 
     assert code == 2
-    assert "did you mean 'sgd'" in capsys.readouterr().err
+    assert "Did you mean 'sgd'?" in capsys.readouterr().err
 
 
 @pytest.mark.slow

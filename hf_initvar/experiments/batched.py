@@ -76,8 +76,8 @@ class TrainingSchedule:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             close = difflib.get_close_matches(self.optimizer, OPTIMIZERS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown optimizer {self.optimizer!r}{hint}; allowed: {list(OPTIMIZERS)}")
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {list(OPTIMIZERS)}.{hint}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.epochs < 1 or self.batch_size < 1:

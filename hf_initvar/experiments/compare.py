@@ -27,6 +27,7 @@ from hf_initvar.experiments.batched import StackedMLP, TrainingSchedule, init_st
 from hf_initvar.experiments.mlp_data import load_classification_data
 from hf_initvar.experiments.sweep import (
     finite_or_none,
+    reject_repeated_seeds,
     fixed_init_batch,
     evaluate_stacked,
     mean_confidence_interval,
@@ -83,6 +84,9 @@ class CompareConfig:
             raise ValueError("schemes must name at least one init scheme")
         if len(self.seeds) < 2:
             raise ValueError(f"need at least 2 seeds for a confidence interval, got {self.seeds}")
+        reject_repeated_seeds(self.seeds)
+        if self.num_hidden_layers < 1:
+            raise ValueError(f"num_hidden_layers must be at least 1 for a ReLU network, got {self.num_hidden_layers}")
         if self.loss_threshold <= 0:
             raise ValueError(f"loss_threshold must be positive, got {self.loss_threshold}")
         self.schedule()  # raises for an unknown optimizer or a bad step size
@@ -194,7 +198,7 @@ def _summarize_scheme(
 
     accuracies = [test_metrics[i]["accuracy"] for i in columns if test_metrics[i]["accuracy"] is not None]
     accuracy_mean, accuracy_low, accuracy_high = (
-        mean_confidence_interval(accuracies) if accuracies else (None, None, None)
+        mean_confidence_interval(accuracies, limits=(0.0, 1.0)) if accuracies else (None, None, None)
     )
     return {
         "seeds": [grid[i][1] for i in columns],

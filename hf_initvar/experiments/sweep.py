@@ -78,7 +78,7 @@ class SweepConfig:
         init_batch_size: samples in the fixed batch of the initialization statistics.
         test_fraction: share of the samples held out for testing.
         split_seed: seed of the train/test split.
-        max_samples: keep at most this many samples of the dataset; None keeps all.
+        max_samples: keep at most this many samples of the dataset (default: all).
     """
 
     dataset: str = "digits"
@@ -110,6 +110,13 @@ class SweepConfig:
             raise ValueError(f"num_stds must be at least 2, got {self.num_stds}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        reject_repeated_seeds(self.seeds)
+        if self.num_hidden_layers < 1:
+            raise ValueError(f"num_hidden_layers must be at least 1 for a ReLU network, got {self.num_hidden_layers}")
+        if self.init_batch_size < 1:
+            raise ValueError(f"init_batch_size must be at least 1, got {self.init_batch_size}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1 (or left out to keep every sample), got {self.max_samples}")
         if not 0 < self.learned_fraction < 1:
             raise ValueError(f"learned_fraction must be in (0, 1), got {self.learned_fraction}")
         for optimizer in self.optimizers:
@@ -336,14 +343,23 @@ def longest_run(stds: np.ndarray, mask: list[bool]) -> list[float] | None:
     return None if best is None else [float(stds[best[0]]), float(stds[best[1]])]
 
 
-def mean_confidence_interval(values: list[float]) -> tuple[float, float | None, float | None]:
-    """Return the mean and the 95% Student-t confidence interval of `values` (None bounds for one value)."""
+def mean_confidence_interval(
+    values: list[float], limits: tuple[float, float] | None = None
+) -> tuple[float, float | None, float | None]:
+    """Return the mean and the 95% Student-t confidence interval of `values` (None bounds for one value).
+
+    With `limits`, the interval is clipped to the range the quantity can take, e.g. `(0, 1)` for an
+    accuracy, where the symmetric t interval of a few seeds can reach past 1.
+    """
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean())
     if len(values) < 2:
         return mean, None, None
     half_width = t95_quantile(len(values) - 1) * float(values.std(ddof=1)) / math.sqrt(len(values))
-    return mean, mean - half_width, mean + half_width
+    low, high = mean - half_width, mean + half_width
+    if limits is not None:
+        low, high = max(low, limits[0]), min(high, limits[1])
+    return mean, low, high
 
 
 def t95_quantile(degrees: int) -> float:
@@ -354,6 +370,16 @@ def t95_quantile(degrees: int) -> float:
         return 1.96
     # Between tabulated values the next smaller tabulated degree is used, a slightly wider interval.
     return _T95[max(k for k in _T95 if k <= degrees)]
+
+
+def reject_repeated_seeds(seeds: list[int]) -> None:
+    """Raise ValueError when a seed repeats: repeated seeds give identical runs, which would narrow the confidence interval."""
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        raise ValueError(
+            f"seeds must be distinct, got {list(seeds)}: {repeated} repeat, and a repeated seed trains an identical "
+            "run that would count as independent evidence in the confidence interval"
+        )
 
 
 def _aggregate(per_seed: list[list[float] | None], seeds: list[int]) -> dict:
