@@ -90,3 +90,9 @@ def test_cross_entropy_of_non_finite_logits_is_nan():
 def test_unknown_metric_suggests_nearest():
     with pytest.raises(ValueError, match="did you mean 'accuracy'"):
         load_metric("acuracy")
+
+
+@pytest.mark.parametrize("max_samples", [5, 15])
+def test_too_few_samples_names_options(max_samples):
+    with pytest.raises(ValueError, match=f"cannot split .* with max_samples={max_samples} and test_fraction=0.2"):
+        load_classification_data("digits", max_samples=max_samples)

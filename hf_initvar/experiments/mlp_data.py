@@ -116,13 +116,22 @@ def load_classification_data(
 
     from sklearn.model_selection import train_test_split
 
-    if max_samples is not None and max_samples < len(labels):
-        features, _, labels, _ = train_test_split(
-            features, labels, train_size=max_samples, random_state=seed, stratify=labels
+    num_classes = int(labels.max()) + 1
+    try:
+        if max_samples is not None and max_samples < len(labels):
+            features, _, labels, _ = train_test_split(
+                features, labels, train_size=max_samples, random_state=seed, stratify=labels
+            )
+        train_x, test_x, train_y, test_y = train_test_split(
+            features, labels, test_size=test_fraction, random_state=seed, stratify=labels
         )
-    train_x, test_x, train_y, test_y = train_test_split(
-        features, labels, test_size=test_fraction, random_state=seed, stratify=labels
-    )
+    except ValueError as error:
+        # scikit-learn's message names its own parameters, not the options that set them.
+        raise ValueError(
+            f"cannot split {len(labels)} samples of {name!r} ({num_classes} classes) with max_samples={max_samples} "
+            f"and test_fraction={test_fraction}: a stratified split needs at least 2 samples of every class and "
+            f"room for every class on both sides ({error})"
+        ) from error
 
     mean = train_x.mean(axis=0)
     std = train_x.std(axis=0)
@@ -132,7 +141,6 @@ def load_classification_data(
     train_x = (train_x - mean) / std
     test_x = (test_x - mean) / std
 
-    num_classes = int(labels.max()) + 1
     logger.info(
         "loaded %s: %d train / %d test samples, %d features, %d classes",
         name, len(train_y), len(test_y), features.shape[1], num_classes,
@@ -213,7 +221,8 @@ def _load_from_hub(name: str) -> Mapping[str, datasets.Dataset]:
         raise ValueError(
             f"could not load dataset {name!r} from the Hub or its cache with datasets.load_dataset "
             f"({type(error).__name__}: {error}){hint} No local folder {name!r} exists either. "
-            f"The bundled datasets {list(SKLEARN_DATASETS)} need no download."
+            f"The bundled datasets {list(SKLEARN_DATASETS)} need no download. Without Hub access, set "
+            "HF_HUB_OFFLINE=1 so that datasets reads only its cache instead of retrying the connection."
         ) from error
 
 
