@@ -123,3 +123,38 @@ def test_figures_and_report_for_mlp_history(digits, tmp_path):
     assert "| 0 | weight |" in text
     assert report.figures["histograms"].stat().st_size > 10_000
     assert set(report.analysis.projections()["projection"]) == {"weight"}
+
+
+def test_report_targets_without_saved_config(digits, tmp_path):
+    _train(_mlp(), digits, tmp_path, VarianceCallback(figures=False), max_steps=6)
+    assert not (tmp_path / "config.json").exists()
+
+    _, meta = load_history(tmp_path)
+    targets = intended_variances(meta, tmp_path)
+    report = write_report(tmp_path)
+    text = report.markdown.read_text()
+
+    assert meta["model_config"]["hidden_sizes"] == [32, 24]
+    assert targets == pytest.approx({(0, "weight"): 2 / 64, (1, "weight"): 2 / 32, (2, "weight"): 2 / 24})
+    assert text.startswith("# Layer weight variance report")
+    assert "3 linear layers" in text
+    assert "pooled" not in text
+
+
+def test_compare_runs_rejects_mixed_projections(digits, tiny_gpt2, tmp_path):
+    from datasets import Dataset
+
+    from hf_initvar.reporting.report import compare_runs
+
+    _train(_mlp(), digits, tmp_path / "mlp", VarianceCallback(figures=False), max_steps=2)
+    ids = torch.randint(0, 50, (16, 8), generator=torch.Generator().manual_seed(0)).tolist()
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path / "gpt2"), max_steps=2, per_device_train_batch_size=4, save_strategy="no",
+        report_to="none", use_cpu=True, disable_tqdm=True,
+    )
+    Trainer(model=tiny_gpt2, args=arguments, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
+            callbacks=[VarianceCallback(figures=False)]).train()
+
+    with pytest.raises(ValueError, match="compare-runs needs runs that track the same projections"):
+        compare_runs([tmp_path / "mlp", tmp_path / "gpt2"], tmp_path / "compared")
+    assert not (tmp_path / "compared").exists()

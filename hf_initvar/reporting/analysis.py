@@ -323,7 +323,9 @@ def depth_trends(table: pd.DataFrame, last_step: int, per_head: bool) -> list[De
     after every series that did (its settling step is censored at `last_step + 1`).
     """
     trends = []
-    for projection in [*sorted(table["projection"].unique()), "all"]:
+    projections = sorted(table["projection"].unique())
+    # Pooling is only new information when a layer has several projections (Q, K and V).
+    for projection in [*projections, "all"] if len(projections) > 1 else projections:
         rows = table if projection == "all" else table[table["projection"] == projection]
         layers = rows["layer"].to_numpy()
         speed = np.abs(rows["growth_rate"].to_numpy(dtype=float))
@@ -362,7 +364,12 @@ def _trend(quantity: str, projection: str, per_head: bool, layers: np.ndarray, v
 
 
 def _series_label(projection: str, per_head: bool) -> str:
-    name = "Q, K and V pooled" if projection == "all" else projection.upper()
+    if projection == "all":
+        name = "Q, K and V pooled"
+    elif projection == "weight":
+        name = "layer weight"
+    else:
+        name = projection.upper()
     return f"{name} (per head)" if per_head else name
 
 

@@ -249,10 +249,15 @@ def report_markdown(analysis: EquilibrationAnalysis, figures: dict[str, Path], t
     meta = analysis.meta
     scheme = meta.get("init_scheme") or "not recorded"
     args = meta.get("init_args") or {}
+    model = meta.get("model_type") or meta.get("layout")
+    if meta.get("projections") == ["weight"]:
+        title, shape = "Layer weight variance report", f"{meta.get('n_layer')} linear layers"
+    else:
+        title, shape = "Q/K/V variance report", f"{meta.get('n_layer')} layers, {meta.get('n_head')} heads of size {meta.get('head_dim')}"
     lines = [
-        f"# Q/K/V variance report: {run_root.name}",
+        f"# {title}: {run_root.name}",
         "",
-        f"- model: {meta.get('model_type') or meta.get('layout')}, {meta.get('n_layer')} layers, {meta.get('n_head')} heads of size {meta.get('head_dim')}",
+        f"- model: {model}, {shape}",
         f"- init scheme: `{scheme}`" + (f" with {args}" if args else ""),
         f"- logged steps: {analysis.first_step} to {analysis.last_step}, every {meta.get('every_n_steps')} steps"
         + (", per head" if meta.get("per_head") else ""),
@@ -348,9 +353,6 @@ def compare_runs(
         raise ValueError(f"compare-runs needs at least two runs, got {len(run_dirs)}: {[str(path) for path in run_dirs]}")
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one label per run or none")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
     runs = []
     for index, run_dir in enumerate(run_dirs):
         frame, meta = load_history(run_dir)
@@ -358,6 +360,14 @@ def compare_runs(
         analysis = analyze_history(frame, meta, rule)
         label = labels[index] if labels else (meta.get("init_scheme") or Path(run_dir).resolve().name)
         runs.append((label, frame[frame["head"] == -1], analysis))
+    tracked = {str(run_dir): projection_order(frame) for run_dir, (_, frame, _) in zip(run_dirs, runs)}
+    if len({tuple(projections) for projections in tracked.values()}) > 1:
+        raise ValueError(
+            f"compare-runs needs runs that track the same projections, got {tracked}; "
+            "compare Q/K/V histories with Q/K/V histories and MLP histories with MLP histories"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     names = [label for label, _, _ in runs]
     if len(set(names)) < len(names):
         runs = [(f"{label} ({Path(run_dir).name})", frame, analysis) for (label, frame, analysis), run_dir in zip(runs, run_dirs)]

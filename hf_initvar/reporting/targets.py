@@ -2,7 +2,7 @@
 
 The target is the square of the std the scheme draws each layer's Q/K/V (or an MLP layer's weight) with
 (`hf_initvar.init.intended_stds`), on a model built on the meta device from the run's
-`config.json` (or, without one, from the sizes in the history's `meta.json`).
+`config.json`, or without one from the config or, failing that, the sizes in the history's `meta.json`.
 """
 
 from __future__ import annotations
@@ -65,8 +65,13 @@ def _meta_model(meta: dict[str, Any], run_dir: str | os.PathLike | None):
     import hf_initvar.models.mlp  # noqa: F401  (registers ReluMLP with the Auto classes)
 
     config_path = Path(run_dir) / "config.json" if run_dir is not None else None
+    config = None
     if config_path is not None and config_path.is_file():
         config = transformers.AutoConfig.from_pretrained(config_path.parent)
+    elif meta.get("model_config"):
+        fields = dict(meta["model_config"])
+        config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+    if config is not None:
         with torch.device("meta"):
             return transformers.AutoModelForCausalLM.from_config(config) if _is_causal(config) else transformers.AutoModel.from_config(config)
 

@@ -19,6 +19,7 @@ are stored in `trainer_state.json` (`ExportableState`), so a Trainer with
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -319,6 +320,8 @@ class VarianceCallback(TrainerCallback, ExportableState):
             "per_head": self.per_head,
             "init_scheme": getattr(config, "init_scheme", None),
             "init_args": getattr(config, "init_args", None),
+            # The whole config, so that reports can rebuild the model's shapes without config.json.
+            "model_config": json.loads(config.to_json_string(use_diff=False)) if hasattr(config, "to_json_string") else None,
         }
 
 
