@@ -235,3 +235,17 @@ def test_sweep_example_runs_end_to_end(tmp_path):
     assert "theory propagation" in completed.stdout
     assert "wandb sync" in completed.stdout
     assert (tmp_path / "sweep_init_variance.png").exists()
+
+
+def test_tanh_sweep_has_no_relu_theory(tmp_path):
+    config = SweepConfig(activation="tanh", hidden_size=16, num_hidden_layers=2, num_stds=3, seeds=[0],
+                         optimizers=["sgd"], epochs=1, max_samples=200)
+
+    summary = run_sweep(config, tmp_path, progress=False)
+    table = format_band_table(summary)
+    draw_sweep_figures(tmp_path)
+
+    assert summary["theory"]["band"] is None
+    assert summary["theory"]["predicted_activation_variance"] is None
+    assert "derived for relu only, not tanh" in table
+    assert (tmp_path / "sweep_init_variance.png").stat().st_size > 10_000

@@ -399,16 +399,26 @@ def _aggregate(per_seed: list[list[float] | None], seeds: list[int]) -> dict:
 
 
 def _theory_summary(config: SweepConfig, layer_sizes: list[int], stds: np.ndarray, input_second_moment: float) -> dict:
-    low, high = forward_stable_band(layer_sizes, config.tolerance)
-    hidden_fan_in = layer_sizes[1] if len(layer_sizes) > 2 else layer_sizes[0]
-    return {
+    """Return the ReLU propagation theory of the sweep; its band, std and lines are None for another activation."""
+    summary = {
+        "activation": config.activation,
         "tolerance": config.tolerance,
         "num_weight_layers": len(layer_sizes) - 1,
-        "critical_std": math.sqrt(2.0 / hidden_fan_in),
-        "band": [low, high],
         "input_second_moment": input_second_moment,
-        "predicted_activation_variance": predicted_activation_variance(stds, layer_sizes, input_second_moment).tolist(),
+        "critical_std": None,
+        "band": None,
+        "predicted_activation_variance": None,
     }
+    if config.activation != "relu":
+        # The halving of the second moment per layer is a property of ReLU. tanh and GELU have no
+        # constant factor, so no line or band is drawn rather than a wrong one.
+        logger.warning("the propagation theory is derived for relu only; the sweep of %s has no theory band", config.activation)
+        return summary
+    hidden_fan_in = layer_sizes[1] if len(layer_sizes) > 2 else layer_sizes[0]
+    summary["critical_std"] = math.sqrt(2.0 / hidden_fan_in)
+    summary["band"] = list(forward_stable_band(layer_sizes, config.tolerance))
+    summary["predicted_activation_variance"] = predicted_activation_variance(stds, layer_sizes, input_second_moment).tolist()
+    return summary
 
 
 def fixed_init_batch(data: ClassificationData, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -435,8 +445,11 @@ def format_band_table(summary: dict) -> str:
     for optimizer in summary["config"]["optimizers"]:
         lines.append(_band_row(f"measured, trained with {optimizer}", bands[optimizer], seeds))
     lines.append(_band_row(f"measured propagation (logits RMS within x{theory['tolerance']:g})", bands["propagation"], seeds))
-    low, high = theory["band"]
-    lines.append(f"| theory propagation, L={theory['num_weight_layers']} | {low:.3g} | {high:.3g} | - |")
+    if theory["band"] is None:
+        lines.append(f"| theory propagation, L={theory['num_weight_layers']} | derived for relu only, not {theory['activation']} | - | - |")
+    else:
+        low, high = theory["band"]
+        lines.append(f"| theory propagation, L={theory['num_weight_layers']} | {low:.3g} | {high:.3g} | - |")
     lines.append(f"| paper (arXiv:2510.09423) | {PAPER_BAND[0]:g} | {PAPER_BAND[1]:g} | - |")
     return "\n".join(lines)
 

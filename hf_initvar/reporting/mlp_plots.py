@@ -142,11 +142,12 @@ def _draw_sweep_outcomes(summary: dict, out_dir: Path) -> Path:
 
 def _shade_bands(axis, summary: dict) -> None:
     bands = summary["bands"]
-    theory_low, theory_high = summary["theory"]["band"]
     axis.axvspan(bands["paper"]["low"]["mean"], bands["paper"]["high"]["mean"], color="gray", alpha=0.12,
                  label="paper band 1e-2..1e-1")
-    axis.axvspan(theory_low, theory_high, facecolor="none", edgecolor="green", hatch="//", alpha=0.5,
-                 label=f"theory propagation band (R={summary['theory']['tolerance']:g})")
+    if summary["theory"]["band"] is not None:
+        theory_low, theory_high = summary["theory"]["band"]
+        axis.axvspan(theory_low, theory_high, facecolor="none", edgecolor="green", hatch="//", alpha=0.5,
+                     label=f"theory propagation band (R={summary['theory']['tolerance']:g})")
     for optimizer, color in _OPTIMIZER_COLORS.items():
         band = bands.get(optimizer)
         if band and band["low"] and band["high"]:
@@ -163,8 +164,9 @@ def _draw_init_variance(summary: dict, out_dir: Path) -> Path:
     stds = np.asarray(summary["stds"])
     first = summary["config"]["optimizers"][0]
     runs = [r for r in summary["runs"] if r["optimizer"] == first]
-    predicted = np.asarray(summary["theory"]["predicted_activation_variance"])  # (S, L)
-    num_layers = predicted.shape[1]
+    predicted = summary["theory"]["predicted_activation_variance"]
+    predicted = None if predicted is None else np.asarray(predicted)  # (S, L); None without a theory
+    num_layers = len(runs[0]["activation_variance"])
 
     figure, (activation_axis, gradient_axis) = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
     for layer in range(num_layers):
@@ -172,13 +174,16 @@ def _draw_init_variance(summary: dict, out_dir: Path) -> Path:
         measured = _mean_by_std(runs, stds, lambda r: r["activation_variance"][layer])
         label = "logits" if layer == num_layers - 1 else f"layer {layer}"
         activation_axis.plot(stds, measured, "o", color=color, markersize=3, label=f"{label} measured")
-        activation_axis.plot(stds, predicted[:, layer], "--", color=color, linewidth=1)
+        if predicted is not None:
+            activation_axis.plot(stds, predicted[:, layer], "--", color=color, linewidth=1)
         gradient = _mean_by_std(runs, stds, lambda r: r["gradient_variance"][layer])
         gradient_axis.plot(stds, gradient, "o-", color=color, markersize=3, linewidth=0.8, label=label)
-    activation_axis.plot([], [], "k--", linewidth=1, label="theory: n s^2 q (x 1/2 after ReLU)")
     critical = summary["theory"]["critical_std"]
+    if predicted is not None:
+        activation_axis.plot([], [], "k--", linewidth=1, label="theory: n s^2 q (x 1/2 after ReLU)")
     for axis in (activation_axis, gradient_axis):
-        axis.axvline(critical, color="red", linestyle=":", label=f"s* = sqrt(2/n) = {critical:.3g}")
+        if critical is not None:
+            axis.axvline(critical, color="red", linestyle=":", label=f"s* = sqrt(2/n) = {critical:.3g}")
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("initial weight std")
@@ -256,7 +261,8 @@ def log_sweep_to_wandb(run_dir: str | Path, project: str = "hf-initvar", run_nam
         if band.get("low") and band.get("high"):
             run.summary[f"band/{name}/low"] = band["low"]["mean"]
             run.summary[f"band/{name}/high"] = band["high"]["mean"]
-    run.summary["band/theory/low"], run.summary["band/theory/high"] = summary["theory"]["band"]
+    if summary["theory"]["band"] is not None:
+        run.summary["band/theory/low"], run.summary["band/theory/high"] = summary["theory"]["band"]
 
     offline = run.settings.mode == "offline"
     run_folder = Path(run.dir).parent
