@@ -114,7 +114,7 @@ def _draw_sweep_outcomes(summary: dict, out_dir: Path) -> Path:
             accuracy_stds = [r["std"] for r in picked if r["test_accuracy"] is not None]
             accuracy_axis.scatter(accuracy_stds, accuracies, color=color, marker=marker, s=18, alpha=0.7)
         loss_axis.plot(stds, _median_by_std(own, stds, "train_loss"), color=color, label=f"{optimizer} (median over seeds)")
-        accuracy_axis.plot(stds, _median_by_std(own, stds, "test_accuracy"), color=color, label=optimizer)
+        accuracy_axis.plot(stds, _median_by_std(own, stds, "test_accuracy"), color=color, label=f"{optimizer} (median over seeds)")
 
     for outcome, marker in _OUTCOME_MARKERS.items():
         loss_axis.scatter([], [], color="gray", marker=marker, label=outcome)
@@ -122,17 +122,21 @@ def _draw_sweep_outcomes(summary: dict, out_dir: Path) -> Path:
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("initial weight std")
     loss_axis.set_ylabel("final training loss (nats); diverged on top")
-    loss_axis.legend(fontsize=7, loc="lower left")
     accuracy_axis.set_xscale("log")
     accuracy_axis.set_xlabel("initial weight std")
     accuracy_axis.set_ylabel("final test accuracy")
-    accuracy_axis.legend(fontsize=7, loc="upper left")
+    # One legend below both panels, so that no legend box hides the runs.
+    entries = {}
+    for axis in (loss_axis, accuracy_axis):
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    figure.legend(list(entries.values()), list(entries), loc="lower center", ncol=5, fontsize=8, frameon=False)
     sizes = summary["layer_sizes"]
     figure.suptitle(
         f"{summary['dataset']['name']}, MLP {'-'.join(map(str, sizes))} ({config['activation']}), "
         f"{config['epochs']} epochs: outcome vs initial std"
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
 
     path = out_dir / "sweep_loss_accuracy.png"
     figure.savefig(path, dpi=120)
@@ -151,7 +155,7 @@ def _shade_bands(axis, summary: dict) -> None:
     for optimizer, color in _OPTIMIZER_COLORS.items():
         band = bands.get(optimizer)
         if band and band["low"] and band["high"]:
-            axis.axvspan(band["low"]["mean"], band["high"]["mean"], color=color, alpha=0.1,
+            axis.axvspan(band["low"]["mean"], band["high"]["mean"], color=color, alpha=0.15,
                          label=f"measured {optimizer} band")
 
 
@@ -191,8 +195,8 @@ def _draw_init_variance(summary: dict, out_dir: Path) -> Path:
     activation_axis.set_title("forward: measured (dots) vs theory (dashed)")
     gradient_axis.set_ylabel("variance of dLoss/dW at init")
     gradient_axis.set_title("backward: weight-gradient variance")
-    activation_axis.legend(fontsize=6, ncol=2, loc="upper left")
-    gradient_axis.legend(fontsize=6, loc="upper left")
+    activation_axis.legend(fontsize=8, ncol=2, loc="upper left")
+    gradient_axis.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
 
     path = out_dir / "sweep_init_variance.png"
