@@ -150,7 +150,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     sizes = "-".join(map(str, summary["layer_sizes"]))
     print(f"{summary['dataset']['name']}, MLP {sizes}, {config.optimizer} lr {config.learning_rate}, {config.epochs} epochs")
     print(format_summary_table(summary))
-    for path in [*paths, args.output_dir + "/compare.json", args.output_dir + "/curves.csv"]:
+    for path in [*paths, args.output_dir + "/compare.json", args.output_dir + "/curves.csv", args.output_dir + "/summary.md"]:
         print(path)
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0
