@@ -36,7 +36,7 @@ def _run_plot(args: argparse.Namespace) -> int:
         paths = draw_history_figures(args.run_dir, out_dir=args.out)
     except (FileNotFoundError, ValueError) as error:
         print(f"hf-initvar plot: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     for path in paths:
         print(path)
     return 0

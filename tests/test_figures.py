@@ -36,7 +36,7 @@ def test_plot_command_draws_both_figures(tmp_path, capsys):
 
 
 def test_plot_command_without_history_fails_clearly(tmp_path, capsys):
-    assert main(["plot", str(tmp_path)]) == 1
+    assert main(["plot", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert f"hf-initvar plot: error: no variance history at {tmp_path}" in error
     assert "history.csv" in error
