@@ -138,7 +138,7 @@ def _add_compare(subcommands: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from hf_initvar.experiments.compare import CompareConfig, format_summary_table, run_compare
-    from hf_initvar.reporting.mlp_plots import draw_compare_figures
+    from hf_initvar.reporting.mlp_plots import draw_compare_figures, log_compare_to_wandb
 
     started = time.perf_counter()
     result = _run_mlp_experiment(args, "compare", CompareConfig, run_compare)
@@ -152,6 +152,10 @@ def _run_compare(args: argparse.Namespace) -> int:
     print(format_summary_table(summary))
     for path in [*paths, args.output_dir + "/compare.json", args.output_dir + "/curves.csv", args.output_dir + "/summary.md"]:
         print(path)
+    if "wandb" in args.report_to:
+        sync = log_compare_to_wandb(args.output_dir, project=args.wandb_project)
+        if sync:
+            print(f"W&B ran offline; upload this run with:\n  {sync}")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -134,3 +134,39 @@ def test_compare_example_runs_end_to_end(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "| kaiming_normal |" in completed.stdout
     assert (tmp_path / "compare_loss_curves.png").exists()
+
+
+def test_wandb_offline_run_logs_scheme_table(tiny_compare, monkeypatch):
+    import time
+    from pathlib import Path
+
+    from wandb_records import read_history
+
+    from hf_initvar.reporting.mlp_plots import log_compare_to_wandb
+
+    summary, output_dir = tiny_compare
+    draw_compare_figures(output_dir)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    sync = log_compare_to_wandb(output_dir, project="hf-initvar-test")
+
+    assert sync.startswith("wandb sync ")
+    run_folder = Path(sync.split(" ", 2)[2])
+    # The W&B service can flush the run file after finish() returns, so it is read until complete.
+    deadline = time.monotonic() + 60
+    while True:
+        [run_file] = run_folder.glob("*.wandb")
+        logged = {key: value for row in read_history(run_file) for key, value in row.items()}
+        if "compare/compare_loss_curves/_type" in logged or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    # Nested values are logged under flattened keys such as `compare/schemes/_type`.
+    assert logged["compare/schemes/_type"] == "table-file"
+    assert logged["compare/compare_loss_curves/_type"] == "image-file"
+    table = json.loads((run_folder / "files" / logged["compare/schemes/path"]).read_text())
+    assert table["columns"][:3] == ["scheme", "hidden_weight_std", "steps_to_threshold"]
+    by_scheme = {row[0]: row for row in table["data"]}
+    assert set(by_scheme) == {"kaiming_normal", "xavier_normal"}
+    for name, scheme in summary["schemes"].items():
+        assert by_scheme[name][2] == scheme["steps_to_threshold"]["mean"]
+        assert by_scheme[name][6] == pytest.approx(scheme["final_test_accuracy"]["mean"])

@@ -242,31 +242,69 @@ def log_sweep_to_wandb(run_dir: str | Path, project: str = "hf-initvar", run_nam
     Returns:
         The `wandb sync ...` command that uploads an offline run, or None when it ran online.
     """
-    import os
-
-    import wandb
-
     from hf_initvar.experiments.sweep import RUN_COLUMNS
 
     run_dir = _results_folder(run_dir)
     summary = load_sweep_results(run_dir)
-    if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-    run = wandb.init(project=project, name=run_name, dir=str(run_dir), config=summary["config"], job_type="mlp_std_sweep")
-
-    table = wandb.Table(columns=RUN_COLUMNS)
-    for entry in summary["runs"]:
-        table.add_data(*[entry[column] for column in RUN_COLUMNS])
-    run.log({"sweep/runs": table})
-    for png in sorted(run_dir.glob("sweep_*.png")):
-        run.log({f"sweep/{png.stem}": wandb.Image(str(png))})
-
+    rows = [[entry[column] for column in RUN_COLUMNS] for entry in summary["runs"]]
+    values = {}
     for name, band in summary["bands"].items():
         if band.get("low") and band.get("high"):
-            run.summary[f"band/{name}/low"] = band["low"]["mean"]
-            run.summary[f"band/{name}/high"] = band["high"]["mean"]
+            values[f"band/{name}/low"] = band["low"]["mean"]
+            values[f"band/{name}/high"] = band["high"]["mean"]
     if summary["theory"]["band"] is not None:
-        run.summary["band/theory/low"], run.summary["band/theory/high"] = summary["theory"]["band"]
+        values["band/theory/low"], values["band/theory/high"] = summary["theory"]["band"]
+    return _log_results_to_wandb(
+        run_dir, summary["config"], "mlp_std_sweep", "sweep", "runs", RUN_COLUMNS, rows, values, project, run_name
+    )
+
+
+def log_compare_to_wandb(run_dir: str | Path, project: str = "hf-initvar", run_name: str | None = None) -> str | None:
+    """Log a saved comparison to Weights & Biases: a table per scheme, the summary and the PNGs.
+
+    Offline without credentials, like `log_sweep_to_wandb`.
+
+    Returns:
+        The `wandb sync ...` command that uploads an offline run, or None when it ran online.
+    """
+    run_dir = _results_folder(run_dir)
+    summary = load_compare_results(run_dir)
+    columns = ["scheme", "hidden_weight_std", "steps_to_threshold", "steps_ci_low", "steps_ci_high", "seeds_reached",
+               "test_accuracy", "accuracy_ci_low", "accuracy_ci_high"]
+    rows, values = [], {}
+    for name, scheme in summary["schemes"].items():
+        steps, accuracy = scheme["steps_to_threshold"], scheme["final_test_accuracy"]
+        rows.append([name, scheme["hidden_weight_std"], steps["mean"], steps["ci_low"], steps["ci_high"], steps["reached"],
+                     accuracy["mean"], accuracy["ci_low"], accuracy["ci_high"]])
+        if steps["mean"] is not None:
+            values[f"steps_to_threshold/{name}"] = steps["mean"]
+        values[f"test_accuracy/{name}"] = accuracy["mean"]
+    return _log_results_to_wandb(
+        run_dir, summary["config"], "mlp_init_compare", "compare", "schemes", columns, rows, values, project, run_name
+    )
+
+
+def _log_results_to_wandb(
+    run_dir: Path, config: dict, job_type: str, prefix: str, table_name: str, columns: list[str], rows: list[list],
+    values: dict[str, float], project: str, run_name: str | None,
+) -> str | None:
+    """Log the table `{prefix}/{table_name}`, the `{prefix}_*.png` figures of `run_dir` and summary values as one W&B run."""
+    import os
+
+    import wandb
+
+    if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+    run = wandb.init(project=project, name=run_name, dir=str(run_dir), config=config, job_type=job_type)
+
+    table = wandb.Table(columns=columns)
+    for row in rows:
+        table.add_data(*row)
+    run.log({f"{prefix}/{table_name}": table})
+    for png in sorted(run_dir.glob(f"{prefix}_*.png")):
+        run.log({f"{prefix}/{png.stem}": wandb.Image(str(png))})
+    for key, value in values.items():
+        run.summary[key] = value
 
     offline = run.settings.mode == "offline"
     run_folder = Path(run.dir).parent
