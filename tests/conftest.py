@@ -20,3 +20,18 @@ def tiny_gpt2():
     model = GPT2LMHeadModel(config)
     model.eval()
     return model
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one intra-op thread.
+
+    The MLP tests use tiny matmuls, and on a loaded machine a second thread mostly waits for a core,
+    which measured here made each step about 10x slower.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

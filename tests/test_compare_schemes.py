@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from hf_initvar.cli import main as cli_main
 from hf_initvar.experiments.compare import (
@@ -16,13 +15,7 @@ from hf_initvar.experiments.compare import (
 from hf_initvar.reporting.mlp_plots import draw_compare_figures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls: a second intra-op thread only waits for a core on a loaded machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ STDS = [0.003, 0.15, 0.3, 3.0]
 SEEDS = [0, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These matmuls are tiny: on a loaded machine a second intra-op thread mostly waits for a
-    # core, which measured here made each step 10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
