@@ -230,6 +230,18 @@ def _base_model(model: nn.Module) -> nn.Module:
     return getattr(model, prefix, model) if prefix else model
 
 
+def _weight_placement(names: dict[int, str], module: nn.Module, layer: int, projection: str, **geometry) -> ProjectionPlacement:
+    """Return the placement of `projection` in `module.weight`, named as in the model; `geometry` sets heads and offsets."""
+    return ProjectionPlacement(
+        layer=layer,
+        projection=projection,
+        module=module,
+        parameter_name="weight",
+        name=f"{names[id(module)]}.weight",
+        **geometry,
+    )
+
+
 def _separate_projections(
     model: nn.Module, name: str, attentions: list[nn.Module], attributes: tuple[str, str, str], n_head: int, n_kv_head: int, head_dim: int
 ) -> AttentionLayout:
@@ -240,15 +252,7 @@ def _separate_projections(
         for projection, attribute in zip(PROJECTIONS, attributes):
             module = unwrap(getattr(attention, attribute))
             placements.append(
-                ProjectionPlacement(
-                    layer=layer,
-                    projection=projection,
-                    module=module,
-                    parameter_name="weight",
-                    name=f"{names[id(module)]}.weight",
-                    n_heads=n_head if projection == "q" else n_kv_head,
-                    head_dim=head_dim,
-                )
+                _weight_placement(names, module, layer, projection, n_heads=n_head if projection == "q" else n_kv_head, head_dim=head_dim)
             )
     return AttentionLayout(name, placements, n_head, head_dim, n_kv_head)
 
@@ -271,17 +275,7 @@ def gpt2_layout(model: nn.Module) -> AttentionLayout:
         module = unwrap(block.attn.c_attn)
         for index, projection in enumerate(PROJECTIONS):
             placements.append(
-                ProjectionPlacement(
-                    layer=layer,
-                    projection=projection,
-                    module=module,
-                    parameter_name="weight",
-                    name=f"{names[id(module)]}.weight",
-                    n_heads=n_head,
-                    head_dim=head_dim,
-                    feature_axis=1,
-                    offset=index * width,
-                )
+                _weight_placement(names, module, layer, projection, n_heads=n_head, head_dim=head_dim, feature_axis=1, offset=index * width)
             )
     return AttentionLayout("gpt2", placements, n_head, head_dim)
 
@@ -302,19 +296,8 @@ def gpt_neox_layout(model: nn.Module) -> AttentionLayout:
     for layer, block in enumerate(_base_model(model).layers):
         module = unwrap(block.attention.query_key_value)
         for index, projection in enumerate(PROJECTIONS):
-            placements.append(
-                ProjectionPlacement(
-                    layer=layer,
-                    projection=projection,
-                    module=module,
-                    parameter_name="weight",
-                    name=f"{names[id(module)]}.weight",
-                    n_heads=n_head,
-                    head_dim=head_dim,
-                    offset=index * head_dim,
-                    head_stride=3 * head_dim,
-                )
-            )
+            geometry = {"n_heads": n_head, "head_dim": head_dim, "offset": index * head_dim, "head_stride": 3 * head_dim}
+            placements.append(_weight_placement(names, module, layer, projection, **geometry))
     return AttentionLayout("gpt_neox", placements, n_head, head_dim)
 
 
@@ -378,17 +361,7 @@ def relu_mlp_layout(model: nn.Module) -> AttentionLayout:
     placements = []
     for layer, linear in enumerate(_base_model(model).layers):
         module = unwrap(linear)
-        placements.append(
-            ProjectionPlacement(
-                layer=layer,
-                projection=MLP_PROJECTION,
-                module=module,
-                parameter_name="weight",
-                name=f"{names[id(module)]}.weight",
-                n_heads=1,
-                head_dim=widths[layer],
-            )
-        )
+        placements.append(_weight_placement(names, module, layer, MLP_PROJECTION, n_heads=1, head_dim=widths[layer]))
     return AttentionLayout(
         "relu_mlp", placements, n_head=1, head_dim=max(widths), projections=(MLP_PROJECTION,), metric_prefix="mlp"
     )
