@@ -164,8 +164,8 @@ def _run_mlp_experiment(args: argparse.Namespace, command: str, config_class: ty
     """Build the experiment's config from the flags and run it; print the error and return None on invalid input."""
     from hf_initvar.experiments.arguments import dataclass_from_args
 
-    _set_threads(args.num_threads)
     try:
+        _set_threads(args.num_threads)
         config = dataclass_from_args(config_class, args)
         summary = run(config, args.output_dir, progress=not args.no_progress)
     except ValueError as error:
@@ -190,7 +190,7 @@ def _add_experiment_output_arguments(parser: argparse.ArgumentParser, default_di
 
 def _set_threads(num_threads: int | None) -> None:
     if num_threads is not None and num_threads < 1:
-        raise SystemExit(f"hf-initvar: error: --num_threads must be at least 1, got {num_threads}")
+        raise ValueError(f"--num_threads must be at least 1, got {num_threads}")
     if num_threads is not None:
         import torch
 

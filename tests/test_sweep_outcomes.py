@@ -198,9 +198,11 @@ def test_accuracy_interval_clipped_to_unit_range():
     assert low == pytest.approx(unclipped_low)
 
 
-def test_cli_rejects_zero_threads(tmp_path):
-    with pytest.raises(SystemExit, match="--num_threads must be at least 1, got 0"):
-        cli_main(["sweep", "--output_dir", str(tmp_path), "--num_threads", "0"])
+def test_cli_rejects_zero_threads(tmp_path, capsys):
+    code = cli_main(["sweep", "--output_dir", str(tmp_path), "--num_threads", "0"])
+
+    assert code == 2
+    assert "hf-initvar sweep: error: --num_threads must be at least 1, got 0" in capsys.readouterr().err
     assert not tmp_path.joinpath("sweep.json").exists()
 
 
