@@ -260,7 +260,7 @@ def log_sweep_to_wandb(run_dir: str | Path, project: str = "hf-initvar", run_nam
 
 
 def log_compare_to_wandb(run_dir: str | Path, project: str = "hf-initvar", run_name: str | None = None) -> str | None:
-    """Log a saved comparison to Weights & Biases: a table per scheme, the summary and the PNGs.
+    """Log a saved comparison to Weights & Biases: a table with one row per scheme, the summary and the PNGs.
 
     Offline without credentials, like `log_sweep_to_wandb`.
 
