@@ -26,11 +26,12 @@ import torch
 from hf_initvar.experiments.batched import StackedMLP, TrainingSchedule, init_statistics, train_stacked
 from hf_initvar.experiments.mlp_data import load_classification_data
 from hf_initvar.experiments.sweep import (
-    finite_or_none,
-    reject_repeated_seeds,
-    fixed_init_batch,
     evaluate_stacked,
+    finite_or_none,
+    fixed_init_batch,
+    load_results_file,
     mean_confidence_interval,
+    reject_repeated_seeds,
     t95_quantile,
 )
 from hf_initvar.experiments.theory import xavier_relu_shrink_factor
@@ -278,9 +279,4 @@ def write_compare_results(
 
 def load_compare_results(path: str | Path) -> dict:
     """Read a `compare.json`, given the file or the folder that contains it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "compare.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no comparison results at {path}; run `hf-initvar compare --output_dir DIR` first")
-    return json.loads(path.read_text())
+    return load_results_file(path, "compare.json", "compare")

@@ -502,9 +502,14 @@ def write_sweep_results(summary: dict, output_dir: str | Path) -> list[Path]:
 
 def load_sweep_results(path: str | Path) -> dict:
     """Read a `sweep.json`, given the file or the folder that contains it."""
+    return load_results_file(path, "sweep.json", "sweep")
+
+
+def load_results_file(path: str | Path, filename: str, command: str) -> dict:
+    """Read the JSON results `filename` that `hf-initvar {command}` writes, given the file or its folder."""
     path = Path(path)
     if path.is_dir():
-        path = path / "sweep.json"
+        path = path / filename
     if not path.exists():
-        raise FileNotFoundError(f"no sweep results at {path}; run `hf-initvar sweep --output_dir DIR` first")
+        raise FileNotFoundError(f"no {command} results at {path}; run `hf-initvar {command} --output_dir DIR` first")
     return json.loads(path.read_text())
